@@ -1,0 +1,95 @@
+//! Where Consul is, parsed from the forms users already write.
+
+use std::path::PathBuf;
+
+use url::Url;
+
+use crate::client::Error;
+
+/// Everything needed to reach one Consul agent.
+#[derive(Clone, Debug, Default)]
+pub struct Settings {
+    /// Base URL of the HTTP API, e.g. `http://127.0.0.1:8500/`.
+    pub base: Option<Url>,
+    /// ACL token sent as `X-Consul-Token`. Never logged.
+    pub token: Option<String>,
+    /// PEM file of the CA that signed Consul's certificate.
+    pub ca_cert: Option<PathBuf>,
+    /// PEM files of a client certificate and its key, for mutual TLS.
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
+}
+
+impl Settings {
+    /// The API base URL, defaulting to the local agent.
+    pub fn base_url(&self) -> Url {
+        self.base.clone().unwrap_or_else(|| {
+            Url::parse("http://127.0.0.1:8500/").expect("static URL parses")
+        })
+    }
+}
+
+/// Parses a Consul address in any of the forms the classic tools accept:
+///
+/// - `consul://host:port` and `consul-tls://host:port` (Registrator's URIs),
+/// - `http://host:port`, `https://host:port` and bare `host:port`
+///   (`CONSUL_HTTP_ADDR`).
+///
+/// `consul-unix://` and `unix://` are refused with a clear error: this
+/// client speaks TCP only.
+pub fn parse(addr: &str) -> Result<Url, Error> {
+    let bad = |reason: &str| Error::Address { addr: addr.to_owned(), reason: reason.to_owned() };
+    let addr_trimmed = addr.trim();
+    if addr_trimmed.is_empty() {
+        return Err(bad("empty address"));
+    }
+    let (scheme, rest) = match addr_trimmed.split_once("://") {
+        Some(("consul" | "http", rest)) => ("http", rest),
+        Some(("consul-tls" | "https", rest)) => ("https", rest),
+        Some(("consul-unix" | "unix", _)) => {
+            return Err(bad("unix sockets are not supported; use consul://host:port"));
+        }
+        Some((other, _)) => return Err(bad(&format!("unknown scheme {other:?}"))),
+        None => ("http", addr_trimmed),
+    };
+    let rest = rest.trim_end_matches('/');
+    if rest.is_empty() || rest.contains('/') {
+        return Err(bad("expected host:port"));
+    }
+    let mut url = Url::parse(&format!("{scheme}://{rest}/")).map_err(|e| bad(&e.to_string()))?;
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(bad("missing host"));
+    }
+    if url.port().is_none() {
+        url.set_port(Some(8500)).map_err(|()| bad("cannot set port"))?;
+    }
+    Ok(url)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registrator_uris_map_to_http_and_https() {
+        assert_eq!(parse("consul://consul:8500").unwrap().as_str(), "http://consul:8500/");
+        assert_eq!(parse("consul-tls://c.example:8501").unwrap().as_str(), "https://c.example:8501/");
+    }
+
+    #[test]
+    fn consul_http_addr_forms_are_accepted() {
+        assert_eq!(parse("127.0.0.1:8500").unwrap().as_str(), "http://127.0.0.1:8500/");
+        assert_eq!(parse("https://[::1]:8501/").unwrap().as_str(), "https://[::1]:8501/");
+        assert_eq!(parse("http://consul").unwrap().as_str(), "http://consul:8500/");
+    }
+
+    #[test]
+    fn unsupported_or_malformed_addresses_are_refused_with_the_reason() {
+        let err = parse("consul-unix:///var/run/consul.sock").unwrap_err().to_string();
+        assert!(err.contains("unix sockets are not supported"), "{err}");
+        assert!(parse("ftp://x:1").unwrap_err().to_string().contains("unknown scheme"));
+        assert!(parse("").is_err());
+        assert!(parse("consul://host:8500/v1").is_err());
+        assert!(parse("consul://host:notaport").is_err());
+    }
+}

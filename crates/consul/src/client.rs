@@ -1,0 +1,213 @@
+//! HTTP calls to one Consul agent.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use reqwest::{Method, RequestBuilder, StatusCode};
+use serde::de::DeserializeOwned;
+use url::Url;
+
+use crate::address::Settings;
+use crate::types::{AgentService, Registration, ServiceEntry};
+
+/// Everything that can go wrong talking to Consul. No variant carries the
+/// ACL token.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid Consul address {addr:?}: {reason}")]
+    Address { addr: String, reason: String },
+    #[error("cannot read {what} {path}: {source}")]
+    File { what: &'static str, path: String, source: std::io::Error },
+    #[error("TLS setup for Consul failed: {0}")]
+    Tls(String),
+    #[error("Consul request {method} {path} failed: {source}")]
+    Transport { method: Method, path: String, source: reqwest::Error },
+    #[error("Consul answered {status} to {method} {path}: {body}")]
+    Status { method: Method, path: String, status: StatusCode, body: String },
+    #[error("cannot decode Consul's answer to {path}: {source}")]
+    Decode { path: String, source: reqwest::Error },
+}
+
+impl Error {
+    /// Whether Consul refused the request for lack of permission (ACLs).
+    pub fn is_forbidden(&self) -> bool {
+        matches!(self, Error::Status { status, .. } if *status == StatusCode::FORBIDDEN)
+    }
+}
+
+/// A value and the `X-Consul-Index` it was read at.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Indexed<T> {
+    pub index: u64,
+    pub value: T,
+}
+
+/// How long a blocking query may wait for news at Consul.
+pub const DEFAULT_WAIT: Duration = Duration::from_secs(60);
+const PLAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A cheap-to-clone handle on one Consul agent.
+#[derive(Clone, Debug)]
+pub struct Client {
+    http: reqwest::Client,
+    base: Url,
+    token: Option<String>,
+}
+
+impl Client {
+    pub fn new(settings: &Settings) -> Result<Self, Error> {
+        let mut builder = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(3))
+            .pool_idle_timeout(Duration::from_secs(30))
+            .use_rustls_tls();
+        if let Some(ca) = &settings.ca_cert {
+            let pem = read(ca, "CA certificate")?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| Error::Tls(e.to_string()))?;
+            for cert in certs {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        match (&settings.client_cert, &settings.client_key) {
+            (Some(cert), Some(key)) => {
+                let mut pem = read(cert, "client certificate")?;
+                pem.push(b'\n');
+                pem.extend(read(key, "client key")?);
+                let id = reqwest::Identity::from_pem(&pem).map_err(|e| Error::Tls(e.to_string()))?;
+                builder = builder.identity(id);
+            }
+            (None, None) => {}
+            _ => return Err(Error::Tls("a client certificate needs both CONSUL_CLIENT_CERT and CONSUL_CLIENT_KEY".into())),
+        }
+        let http = builder.build().map_err(|e| Error::Tls(e.to_string()))?;
+        Ok(Self { http, base: settings.base_url(), token: settings.token.clone().filter(|t| !t.is_empty()) })
+    }
+
+    /// The agent's base URL, for logs.
+    pub fn base(&self) -> &Url {
+        &self.base
+    }
+
+    /// The cluster leader's address; an empty string while there is none.
+    pub async fn leader(&self) -> Result<String, Error> {
+        self.json(self.request(Method::GET, "v1/status/leader")).await
+    }
+
+    /// The name of the node the agent runs on.
+    pub async fn node_name(&self) -> Result<String, Error> {
+        #[derive(serde::Deserialize)]
+        struct SelfInfo {
+            #[serde(rename = "Config")]
+            config: SelfConfig,
+        }
+        #[derive(serde::Deserialize)]
+        struct SelfConfig {
+            #[serde(rename = "NodeName")]
+            node_name: String,
+        }
+        let info: SelfInfo = self.json(self.request(Method::GET, "v1/agent/self")).await?;
+        Ok(info.config.node_name)
+    }
+
+    /// Services registered with this agent, by ID.
+    pub async fn agent_services(&self) -> Result<HashMap<String, AgentService>, Error> {
+        self.json(self.request(Method::GET, "v1/agent/services")).await
+    }
+
+    pub async fn register(&self, reg: &Registration) -> Result<(), Error> {
+        self.ok(self.request(Method::PUT, "v1/agent/service/register").json(reg)).await
+    }
+
+    pub async fn deregister(&self, id: &str) -> Result<(), Error> {
+        let path = format!("v1/agent/service/deregister/{}", encode(id));
+        self.ok(self.request(Method::PUT, &path)).await
+    }
+
+    /// Service names and their tags, as a blocking query from `index`.
+    pub async fn catalog_services(
+        &self,
+        index: u64,
+        wait: Duration,
+    ) -> Result<Indexed<BTreeMap<String, Vec<String>>>, Error> {
+        self.blocking("v1/catalog/services".to_owned(), index, wait).await
+    }
+
+    /// The instances of one service with their checks, as a blocking query.
+    pub async fn health_service(
+        &self,
+        name: &str,
+        index: u64,
+        wait: Duration,
+    ) -> Result<Indexed<Vec<ServiceEntry>>, Error> {
+        self.blocking(format!("v1/health/service/{}", encode(name)), index, wait).await
+    }
+
+    async fn blocking<T: DeserializeOwned>(
+        &self,
+        path: String,
+        index: u64,
+        wait: Duration,
+    ) -> Result<Indexed<T>, Error> {
+        let mut req = self.request(Method::GET, &path);
+        if index > 0 {
+            // Consul adds up to wait/16 of jitter; leave room for it.
+            let wait_ms = wait.as_millis().max(1);
+            req = req
+                .query(&[("index", index.to_string()), ("wait", format!("{wait_ms}ms"))])
+                .timeout(wait + wait / 16 + Duration::from_secs(5));
+        }
+        let (resp, path) = self.send(req).await?;
+        let index = resp
+            .headers()
+            .get("X-Consul-Index")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let value = resp.json().await.map_err(|source| Error::Decode { path, source })?;
+        Ok(Indexed { index, value })
+    }
+
+    fn request(&self, method: Method, path: &str) -> RequestBuilder {
+        let url = self.base.join(path).expect("API paths are relative URLs");
+        let mut req = self.http.request(method, url).timeout(PLAIN_TIMEOUT);
+        if let Some(token) = &self.token {
+            req = req.header("X-Consul-Token", token);
+        }
+        req
+    }
+
+    /// Sends a request; a non-2xx answer is an error carrying Consul's text.
+    async fn send(&self, req: RequestBuilder) -> Result<(reqwest::Response, String), Error> {
+        let req = req
+            .build()
+            .map_err(|source| Error::Transport { method: Method::GET, path: String::new(), source })?;
+        let (method, path) = (req.method().clone(), req.url().path().to_owned());
+        let resp = match self.http.execute(req).await {
+            Ok(resp) => resp,
+            Err(source) => return Err(Error::Transport { method, path, source }),
+        };
+        let status = resp.status();
+        if status.is_success() {
+            return Ok((resp, path));
+        }
+        let body: String = resp.text().await.unwrap_or_default().chars().take(512).collect();
+        Err(Error::Status { method, path, status, body: body.trim().to_owned() })
+    }
+
+    async fn ok(&self, req: RequestBuilder) -> Result<(), Error> {
+        self.send(req).await.map(drop)
+    }
+
+    async fn json<T: DeserializeOwned>(&self, req: RequestBuilder) -> Result<T, Error> {
+        let (resp, path) = self.send(req).await?;
+        resp.json().await.map_err(|source| Error::Decode { path, source })
+    }
+}
+
+fn read(path: &std::path::Path, what: &'static str) -> Result<Vec<u8>, Error> {
+    std::fs::read(path).map_err(|source| Error::File { what, path: path.display().to_string(), source })
+}
+
+/// Percent-encodes one path segment (service IDs may hold `:` or `/`).
+fn encode(segment: &str) -> String {
+    url::form_urlencoded::byte_serialize(segment.as_bytes()).collect::<String>().replace('+', "%20")
+}

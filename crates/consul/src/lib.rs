@@ -1,0 +1,23 @@
+//! The Consul HTTP client shared by `registrator` and `haproxy-sync`.
+//!
+//! # Layout
+//!
+//! - [`address`]: where Consul is and how to reach it: `consul://host:port`,
+//!   `consul-tls://host:port`, `CONSUL_HTTP_ADDR`, the ACL token and TLS files.
+//! - [`client`]: the calls both services make: agent service registration,
+//!   the catalog and health endpoints, with blocking queries.
+//! - [`blocking`]: Consul's rules for following a blocking-query index.
+//! - [`backoff`]: jittered exponential backoff for every retry loop.
+//! - [`types`]: the JSON shapes of Consul's API (only fields Consul 1.8 has).
+#![forbid(unsafe_code)]
+
+pub mod address;
+pub mod backoff;
+pub mod blocking;
+pub mod client;
+pub mod types;
+
+pub use address::Settings;
+pub use backoff::Backoff;
+pub use client::{Client, Error, Indexed};
+pub use types::{AgentService, Check, HealthStatus, Registration, ServiceEntry};

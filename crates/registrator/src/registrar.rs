@@ -1,0 +1,287 @@
+//! Keeps the Consul agent's services equal to what the running containers
+//! ask for. Docker events only say *when* to look at a container; a
+//! reconcile of that container (or of all of them) says *what* to change.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use consul::{Backoff, Registration};
+use futures_util::{StreamExt, stream};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::container::Container;
+use crate::docker::Engine;
+use crate::service::{self, OWNER_META, Rules};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error("docker: {0}")]
+    Docker(#[from] bollard::errors::Error),
+    #[error(transparent)]
+    Consul(#[from] consul::Error),
+}
+
+/// What a full resync changed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Report {
+    pub containers: usize,
+    pub registered: usize,
+    pub deregistered: usize,
+}
+
+/// The reconciler: Docker's truth in, Consul registrations out.
+pub struct Registrar {
+    consul: consul::Client,
+    engine: Engine,
+    rules: Rules,
+    /// What this process registered, by container ID.
+    known: Mutex<HashMap<String, Vec<Registration>>>,
+    /// Containers asked to stop (a `kill` with a stopping signal): not
+    /// registered, so the load balancer stops routing while they drain.
+    stopping: Mutex<HashSet<String>>,
+}
+
+/// How often to look at everything even without events; `None` never.
+#[derive(Clone, Copy, Debug)]
+pub struct Options {
+    pub resync_every: Option<Duration>,
+}
+
+impl Registrar {
+    pub fn new(consul: consul::Client, engine: Engine, rules: Rules) -> Self {
+        Self { consul, engine, rules, known: Mutex::default(), stopping: Mutex::default() }
+    }
+
+    /// Makes Consul's services owned by this Docker host exactly those the
+    /// running containers ask for.
+    pub async fn resync(&self) -> Result<Report, SyncError> {
+        let ids = self.engine.running().await?;
+        let containers: Vec<Option<Container>> = stream::iter(ids.iter().map(|id| self.engine.inspect(id)))
+            .buffer_unordered(16)
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .collect::<Result<_, _>>()?;
+        let stopping = self.stopping.lock().expect("lock").clone();
+        let mut want: HashMap<String, Vec<Registration>> = HashMap::new();
+        for c in containers.iter().flatten().filter(|c| !stopping.contains(&c.id)) {
+            let services = self.desired(c);
+            if !services.is_empty() {
+                want.insert(c.id.clone(), services);
+            }
+        }
+
+        let current = self.consul.agent_services().await?;
+        let mut report = Report { containers: containers.len(), ..Report::default() };
+        let wanted_ids: HashSet<&str> = want.values().flatten().map(|r| r.id.as_str()).collect();
+        for reg in want.values().flatten() {
+            if !current.get(&reg.id).is_some_and(|cur| cur.matches(reg)) {
+                self.consul.register(reg).await?;
+                info!(service = %reg.name, id = %reg.id, address = %reg.address, port = reg.port, "registered");
+                report.registered += 1;
+            }
+        }
+        for svc in current.values() {
+            let ours = svc.meta.get(OWNER_META) == Some(&self.rules.owner);
+            if ours && !wanted_ids.contains(svc.id.as_str()) {
+                self.consul.deregister(&svc.id).await?;
+                info!(service = %svc.service, id = %svc.id, "deregistered stale service");
+                report.deregistered += 1;
+            }
+        }
+        *self.known.lock().expect("lock") = want;
+        Ok(report)
+    }
+
+    /// Brings one container's services up to date.
+    pub async fn sync_container(&self, id: &str) -> Result<(), SyncError> {
+        let stopping = self.stopping.lock().expect("lock").contains(id);
+        let container = self.engine.inspect(id).await?;
+        let want = match &container {
+            Some(c) if !stopping => self.desired(c),
+            _ => Vec::new(),
+        };
+        let had = self.known.lock().expect("lock").get(id).cloned().unwrap_or_default();
+        for old in had.iter().filter(|old| !want.iter().any(|w| w.id == old.id)) {
+            self.consul.deregister(&old.id).await?;
+            info!(service = %old.name, id = %old.id, stopping, "deregistered");
+        }
+        for reg in want.iter().filter(|w| !had.contains(w)) {
+            self.consul.register(reg).await?;
+            info!(service = %reg.name, id = %reg.id, address = %reg.address, port = reg.port, "registered");
+        }
+        let mut known = self.known.lock().expect("lock");
+        if want.is_empty() {
+            known.remove(id);
+        } else {
+            known.insert(id.to_owned(), want);
+        }
+        Ok(())
+    }
+
+    /// Follows a Docker event: updates the stopping set and says whether the
+    /// container needs a reconcile.
+    fn note_event(&self, action: &str, id: &str, signal: Option<&str>) -> bool {
+        let mut stopping = self.stopping.lock().expect("lock");
+        match action {
+            "start" | "unpause" | "restart" => {
+                stopping.remove(id);
+                true
+            }
+            "kill" => {
+                if signal.is_some_and(is_stop_signal) {
+                    stopping.insert(id.to_owned());
+                    true
+                } else {
+                    false
+                }
+            }
+            "die" | "destroy" => {
+                stopping.remove(id);
+                true
+            }
+            "stop" | "pause" | "rename" | "health_status" => true,
+            _ => false,
+        }
+    }
+
+    fn desired(&self, c: &Container) -> Vec<Registration> {
+        let d = service::desired(c, &self.rules);
+        for problem in &d.problems {
+            warn!(container = %c.name, id = %short(&c.id), "not registered: {problem}");
+        }
+        d.services
+    }
+}
+
+/// SIGTERM, SIGKILL, SIGINT and SIGQUIT ask a container to go away.
+fn is_stop_signal(signal: &str) -> bool {
+    matches!(signal, "15" | "9" | "2" | "3" | "SIGTERM" | "SIGKILL" | "SIGINT" | "SIGQUIT")
+}
+
+fn short(id: &str) -> &str {
+    &id[..id.len().min(12)]
+}
+
+enum Work {
+    Container(String),
+    Resync,
+}
+
+/// Runs until `shutdown`: follows Docker events (reconnecting with backoff
+/// and resyncing after every reconnect) and reconciles in order.
+pub async fn run(registrar: Arc<Registrar>, opts: Options, shutdown: CancellationToken) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let events = tokio::spawn(follow_events(registrar.clone(), tx, shutdown.clone()));
+    reconcile_loop(&registrar, rx, opts, &shutdown).await;
+    events.abort();
+}
+
+async fn follow_events(registrar: Arc<Registrar>, tx: mpsc::UnboundedSender<Work>, shutdown: CancellationToken) {
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(15));
+    loop {
+        // Replay from a second before connecting so nothing falls between
+        // the stream and the resync that follows every (re)connect.
+        let since = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64 - 1).ok();
+        let mut events = Box::pin(registrar.engine.events(since));
+        let _ = tx.send(Work::Resync);
+        loop {
+            let item = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                item = events.next() => item,
+            };
+            match item {
+                Some(Ok(ev)) => {
+                    backoff.reset();
+                    let Some(actor) = ev.actor else { continue };
+                    let Some(id) = actor.id else { continue };
+                    let action = ev.action.unwrap_or_default();
+                    let action = action.split(':').next().unwrap_or_default();
+                    let signal = actor.attributes.as_ref().and_then(|a| a.get("signal")).map(String::as_str);
+                    debug!(action, id = %short(&id), "docker event");
+                    if registrar.note_event(action, &id, signal) {
+                        let _ = tx.send(Work::Container(id));
+                    }
+                }
+                Some(Err(e)) => {
+                    warn!(error = %e, "docker event stream failed; reconnecting");
+                    break;
+                }
+                None => {
+                    warn!("docker event stream ended; reconnecting");
+                    break;
+                }
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = backoff.wait() => {}
+        }
+    }
+}
+
+async fn reconcile_loop(
+    registrar: &Registrar,
+    mut rx: mpsc::UnboundedReceiver<Work>,
+    opts: Options,
+    shutdown: &CancellationToken,
+) {
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+    let far = Duration::from_secs(365 * 24 * 3600);
+    let mut next_resync = Instant::now() + opts.resync_every.unwrap_or(far);
+    let mut retry_at: Option<Instant> = None;
+    loop {
+        let mut resync = false;
+        let mut dirty = BTreeSet::new();
+        let mut take = |w: Work, resync: &mut bool| match w {
+            Work::Resync => *resync = true,
+            Work::Container(id) => {
+                dirty.insert(id);
+            }
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            w = rx.recv() => match w {
+                Some(w) => take(w, &mut resync),
+                None => return,
+            },
+            _ = tokio::time::sleep_until(next_resync) => resync = true,
+            _ = tokio::time::sleep_until(retry_at.unwrap_or(Instant::now() + far)) => resync = true,
+        }
+        // A burst of events is one batch: each container once, in one pass.
+        while let Ok(w) = rx.try_recv() {
+            take(w, &mut resync);
+        }
+        let started = Instant::now();
+        let result = if resync {
+            registrar.resync().await.map(|report| {
+                info!(?report, elapsed_ms = started.elapsed().as_millis() as u64, "resynced");
+            })
+        } else {
+            let results = stream::iter(dirty.iter().map(|id| registrar.sync_container(id)))
+                .buffer_unordered(16)
+                .collect::<Vec<_>>()
+                .await;
+            results.into_iter().collect::<Result<Vec<()>, _>>().map(drop)
+        };
+        match result {
+            Ok(()) => {
+                backoff.reset();
+                retry_at = None;
+                if resync {
+                    next_resync = Instant::now() + opts.resync_every.unwrap_or(far);
+                }
+            }
+            Err(e) => {
+                // Whatever failed, a full resync from Docker's truth repairs it.
+                let delay = backoff.next_delay();
+                warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "sync failed; will resync");
+                retry_at = Some(Instant::now() + delay);
+            }
+        }
+    }
+}

@@ -1,0 +1,124 @@
+//! Real parts for tests: a Consul dev agent on loopback ports of its own,
+//! free ports, and polling until a condition holds.
+//!
+//! Tests need the `consul` and `haproxy` binaries on `PATH`
+//! (`scripts/install-deps` installs both).
+#![forbid(unsafe_code)]
+
+use std::net::{SocketAddr, TcpListener};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A free TCP port on 127.0.0.1 (free when asked; good enough for tests).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("bind 127.0.0.1:0")
+}
+
+/// Polls `check` every 20 ms until it returns `Some`, or panics after `limit`
+/// with `what` and the last value seen.
+pub async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let start = Instant::now();
+    loop {
+        match check().await {
+            Ok(v) => return v,
+            Err(last) if start.elapsed() > limit => panic!("{what}: not true after {limit:?}; last: {last}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+}
+
+/// A Consul agent in dev mode, on loopback ports of its own, stopped on drop.
+pub struct TestConsul {
+    child: Child,
+    pub http: SocketAddr,
+    pub dns: SocketAddr,
+    node: String,
+    extra: Vec<String>,
+}
+
+impl TestConsul {
+    /// Starts an agent and waits until it has a leader.
+    pub async fn start() -> Self {
+        Self::start_with(&[]).await
+    }
+
+    /// Starts an agent with extra command-line arguments.
+    pub async fn start_with(extra: &[&str]) -> Self {
+        let node = format!("test-{}", free_port());
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let (child, http, dns) = spawn(&node, None, &extra);
+        let consul = Self { child, http, dns, node, extra };
+        consul.wait_ready().await;
+        consul
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.http)
+    }
+
+    pub fn client(&self) -> consul::Client {
+        let settings = consul::Settings { base: Some(consul::address::parse(&self.url()).expect("url")), ..Default::default() };
+        consul::Client::new(&settings).expect("client")
+    }
+
+    /// Kills the agent (its dev-mode state is lost).
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts a fresh, empty agent on the same ports, as a restarted dev agent.
+    pub async fn restart(&mut self) {
+        self.stop();
+        let (child, _, _) = spawn(&self.node, Some((self.http, self.dns)), &self.extra);
+        self.child = child;
+        self.wait_ready().await;
+    }
+
+    async fn wait_ready(&self) {
+        let client = self.client();
+        eventually("consul has a leader", Duration::from_secs(30), || {
+            let client = client.clone();
+            async move {
+                match client.leader().await {
+                    Ok(l) if !l.is_empty() => Ok(()),
+                    Ok(_) => Err("no leader yet".to_owned()),
+                    Err(e) => Err(e.to_string()),
+                }
+            }
+        })
+        .await;
+    }
+}
+
+impl Drop for TestConsul {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn spawn(node: &str, ports: Option<(SocketAddr, SocketAddr)>, extra: &[String]) -> (Child, SocketAddr, SocketAddr) {
+    let (http, dns) = ports.unwrap_or_else(|| {
+        (SocketAddr::from(([127, 0, 0, 1], free_port())), SocketAddr::from(([127, 0, 0, 1], free_port())))
+    });
+    let hcl = format!(
+        "ports {{ http = {} dns = {} serf_lan = {} serf_wan = -1 server = {} grpc = -1 }}",
+        http.port(),
+        dns.port(),
+        free_port(),
+        free_port()
+    );
+    let child = Command::new("consul")
+        .args(["agent", "-dev", "-bind", "127.0.0.1", "-client", "127.0.0.1", "-node", node, "-log-level", "warn", "-hcl", &hcl])
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start `consul` (run scripts/install-deps)");
+    (child, http, dns)
+}
