@@ -93,3 +93,50 @@ mod tests {
         assert!(parse("consul://host:notaport").is_err());
     }
 }
+
+/// The command-line flags and environment variables every service of the
+/// workspace reads to reach Consul, with the names Consul's own CLI uses.
+#[derive(Clone, Debug, clap::Args)]
+pub struct ConsulArgs {
+    /// Consul agent: consul://host:port, consul-tls://host:port, http(s)://host:port or host:port.
+    #[arg(env = "CONSUL_HTTP_ADDR", value_name = "CONSUL_URI", default_value = "consul://127.0.0.1:8500")]
+    pub consul: String,
+    /// ACL token for Consul.
+    #[arg(long, env = "CONSUL_HTTP_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// File holding the ACL token (used when --token is not set).
+    #[arg(long, env = "CONSUL_HTTP_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    /// CA certificate (PEM) to verify Consul's TLS certificate.
+    #[arg(long, env = "CONSUL_CACERT")]
+    pub ca_cert: Option<PathBuf>,
+    /// Client certificate (PEM) for mutual TLS with Consul.
+    #[arg(long, env = "CONSUL_CLIENT_CERT")]
+    pub client_cert: Option<PathBuf>,
+    /// Client key (PEM) for mutual TLS with Consul.
+    #[arg(long, env = "CONSUL_CLIENT_KEY")]
+    pub client_key: Option<PathBuf>,
+}
+
+impl ConsulArgs {
+    /// The settings these flags describe; reads the token file if one is named.
+    pub fn settings(&self) -> Result<Settings, Error> {
+        let token = match (&self.token, &self.token_file) {
+            (Some(t), _) => Some(t.clone()),
+            (None, Some(path)) => Some(
+                std::fs::read_to_string(path)
+                    .map_err(|source| Error::File { what: "token file", path: path.display().to_string(), source })?
+                    .trim()
+                    .to_owned(),
+            ),
+            (None, None) => None,
+        };
+        Ok(Settings {
+            base: Some(parse(&self.consul)?),
+            token,
+            ca_cert: self.ca_cert.clone(),
+            client_cert: self.client_cert.clone(),
+            client_key: self.client_key.clone(),
+        })
+    }
+}

@@ -17,7 +17,7 @@ pub mod blocking;
 pub mod client;
 pub mod types;
 
-pub use address::Settings;
+pub use address::{ConsulArgs, Settings};
 pub use backoff::Backoff;
 pub use client::{Client, Error, Indexed};
 pub use types::{AgentService, Check, HealthStatus, Registration, ServiceEntry};

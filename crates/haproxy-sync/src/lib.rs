@@ -1,1 +1,133 @@
+//! haproxy-sync: keeps HAProxy's configuration equal to Consul's healthy
+//! instances, with validated, hitless changes.
+//!
+//! # Layout
+//!
+//! - [`watch`]: Consul blocking queries → complete [`model::Catalog`] snapshots.
+//! - [`model`]: pure routing rules: catalog → sanitised template data.
+//! - [`render`]: the handlebars template → configuration text.
+//! - [`haproxy`]: `haproxy -c`, the master process and its master CLI.
+//! - [`sync`]: quiescence, check, atomic write and reload, only on change.
+//! - [`config`]: command line and environment.
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod haproxy;
+pub mod model;
+pub mod render;
+pub mod sync;
+pub mod watch;
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::sync::watch as channel;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::config::Args;
+use crate::haproxy::Haproxy;
+use crate::render::Renderer;
+use crate::sync::{Applier, SyncOptions};
+use crate::watch::{WatchOptions, WatchStats};
+
+/// How long to wait for Consul's first answer before starting HAProxy with
+/// whatever configuration there is.
+const FIRST_ANSWER_WAIT: Duration = Duration::from_secs(3);
+
+/// Runs haproxy-sync as configured by `args` until `shutdown`.
+pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let client = consul::Client::new(&args.consul.settings()?)?;
+    let renderer = match &args.template {
+        Some(path) => {
+            let source = std::fs::read_to_string(path).with_context(|| format!("reading template {}", path.display()))?;
+            Renderer::new(&path.display().to_string(), &source)?
+        }
+        None => Renderer::default_template(),
+    };
+    let credentials = args.stats_credentials();
+    if credentials.is_none() {
+        warn!("STATS_USER and STATS_PASSWORD are not both set: the stats page is off");
+    }
+    let env = credentials.iter().flat_map(|(u, p)| [("STATS_USER".to_owned(), u.clone()), ("STATS_PASSWORD".to_owned(), p.clone())]).collect();
+    let haproxy = Haproxy { bin: args.haproxy.clone(), config: args.config.clone(), master_socket: args.master_socket.clone(), env };
+    for path in [&args.config, &args.master_socket, &args.runtime_socket] {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+    }
+    let opts = SyncOptions {
+        wait_min: args.wait.0,
+        wait_max: args.wait.1,
+        bind: args.bind.clone(),
+        http_port: args.http_port,
+        stats_port: args.stats_port,
+        stats_enabled: credentials.is_some(),
+        runtime_socket: args.runtime_socket.clone(),
+        hard_stop_after: args.hard_stop_after.clone(),
+        template_name: args.template.as_ref().map_or("haproxy/haproxy.cfg.hbs".to_owned(), |p| p.display().to_string()),
+    };
+    let mut applier = Applier::new(haproxy.clone(), renderer, opts);
+
+    let (tx, mut rx) = channel::channel(None);
+    let watch_opts = WatchOptions { tag: args.tag.clone(), ..WatchOptions::default() };
+    let stats = Arc::new(WatchStats::default());
+    let watcher = tokio::spawn(watch::run(client, watch_opts, tx, stats, shutdown.clone()));
+
+    if args.dry_run || args.once {
+        return once(&args, &mut applier, &mut rx, &shutdown).await.map(|()| watcher.abort());
+    }
+
+    // Start HAProxy with Consul's state if it answers soon; else with the
+    // configuration on disk; else with no routes (every path answers 404).
+    let catalog = match tokio::time::timeout(FIRST_ANSWER_WAIT, rx.wait_for(Option::is_some)).await {
+        Ok(Ok(catalog)) => catalog.clone(),
+        _ => None,
+    };
+    rx.mark_unchanged();
+    match catalog {
+        Some(catalog) => {
+            applier.apply(&applier.render(&catalog)?, false).await.context("first configuration")?;
+        }
+        None if applier.adopt_existing().await => info!("Consul has not answered yet; starting with the configuration on disk"),
+        None => {
+            warn!("Consul has not answered yet; starting with no routes");
+            applier.apply(&applier.render(&Default::default())?, false).await.context("empty configuration")?;
+        }
+    }
+
+    let (ready_tx, ready_rx) = channel::channel(false);
+    let supervisor = tokio::spawn(haproxy::supervise(haproxy, Duration::from_secs(args.grace), ready_tx, shutdown.clone()));
+    let applies = Arc::new(AtomicU64::new(0));
+    sync::run(applier, rx, ready_rx, applies, shutdown.clone()).await;
+    watcher.abort();
+    let _ = supervisor.await;
+    Ok(())
+}
+
+async fn once(args: &Args, applier: &mut Applier, rx: &mut channel::Receiver<Option<model::Catalog>>, shutdown: &CancellationToken) -> anyhow::Result<()> {
+    loop {
+        let catalog = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            c = rx.wait_for(Option::is_some) => c.map(|c| c.clone().unwrap_or_default()).context("Consul watcher stopped")?,
+        };
+        rx.mark_unchanged();
+        let text = applier.render(&catalog)?;
+        if args.dry_run {
+            println!("{text}");
+        } else {
+            let applied = applier.apply(&text, args.master_socket.exists()).await?;
+            info!(?applied, "configuration applied");
+        }
+        if args.once {
+            return Ok(());
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            more = sync::settle(rx, args.wait.0, args.wait.1) => if !more { return Ok(()) },
+        }
+    }
+}
 

@@ -1,7 +1,6 @@
 //! Command line and environment, in Registrator's vocabulary.
 
 use std::net::IpAddr;
-use std::path::PathBuf;
 
 use clap::Parser;
 
@@ -13,24 +12,8 @@ use clap::Parser;
 #[derive(Debug, Parser)]
 #[command(name = "registrator", version)]
 pub struct Args {
-    /// Consul agent: consul://host:port, consul-tls://host:port or host:port.
-    #[arg(env = "CONSUL_HTTP_ADDR", value_name = "URI", default_value = "consul://127.0.0.1:8500")]
-    pub consul: String,
-    /// ACL token for Consul.
-    #[arg(long, env = "CONSUL_HTTP_TOKEN", hide_env_values = true)]
-    pub token: Option<String>,
-    /// File holding the ACL token (used when --token is not set).
-    #[arg(long, env = "CONSUL_HTTP_TOKEN_FILE")]
-    pub token_file: Option<PathBuf>,
-    /// CA certificate (PEM) to verify Consul's TLS certificate.
-    #[arg(long, env = "CONSUL_CACERT")]
-    pub ca_cert: Option<PathBuf>,
-    /// Client certificate (PEM) for mutual TLS with Consul.
-    #[arg(long, env = "CONSUL_CLIENT_CERT")]
-    pub client_cert: Option<PathBuf>,
-    /// Client key (PEM) for mutual TLS with Consul.
-    #[arg(long, env = "CONSUL_CLIENT_KEY")]
-    pub client_key: Option<PathBuf>,
+    #[command(flatten)]
+    pub consul: consul::ConsulArgs,
     /// Always register the container's own address and exposed port, never a published host port.
     #[arg(long)]
     pub internal: bool,
@@ -70,26 +53,6 @@ impl Args {
         let args = ops::go_style_args(&Self::command(), std::env::args());
         Self::parse_from(args)
     }
-
-    pub fn consul_settings(&self) -> anyhow::Result<consul::Settings> {
-        let token = match (&self.token, &self.token_file) {
-            (Some(t), _) => Some(t.clone()),
-            (None, Some(path)) => Some(
-                std::fs::read_to_string(path)
-                    .map_err(|e| anyhow::anyhow!("cannot read token file {}: {e}", path.display()))?
-                    .trim()
-                    .to_owned(),
-            ),
-            (None, None) => None,
-        };
-        Ok(consul::Settings {
-            base: Some(consul::address::parse(&self.consul)?),
-            token,
-            ca_cert: self.ca_cert.clone(),
-            client_cert: self.client_cert.clone(),
-            client_key: self.client_key.clone(),
-        })
-    }
 }
 
 #[cfg(test)]
@@ -104,6 +67,6 @@ mod tests {
         assert!(args.internal);
         assert_eq!(args.resync, 5);
         assert_eq!(args.tags, ["a", "b"]);
-        assert_eq!(args.consul_settings().unwrap().base_url().as_str(), "http://consul:8500/");
+        assert_eq!(args.consul.settings().unwrap().base_url().as_str(), "http://consul:8500/");
     }
 }

@@ -20,7 +20,7 @@ async fn main() {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    let settings = args.consul_settings().context("consul settings")?;
+    let settings = args.consul.settings().context("consul settings")?;
     let consul = consul::Client::new(&settings)?;
     let engine = Engine::connect().context("docker connection")?;
 

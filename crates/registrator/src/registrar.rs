@@ -60,7 +60,11 @@ impl Registrar {
     /// running containers ask for.
     pub async fn resync(&self) -> Result<Report, SyncError> {
         let ids = self.engine.running().await?;
-        let containers: Vec<Option<Container>> = stream::iter(ids.iter().map(|id| self.engine.inspect(id)))
+        let inspects = ids.into_iter().map(|id| {
+            let engine = self.engine.clone();
+            async move { engine.inspect(&id).await }
+        });
+        let containers: Vec<Option<Container>> = stream::iter(inspects)
             .buffer_unordered(16)
             .collect::<Vec<_>>()
             .await
@@ -262,7 +266,8 @@ async fn reconcile_loop(
                 info!(?report, elapsed_ms = started.elapsed().as_millis() as u64, "resynced");
             })
         } else {
-            let results = stream::iter(dirty.iter().map(|id| registrar.sync_container(id)))
+            let syncs = dirty.into_iter().map(|id| async move { registrar.sync_container(&id).await });
+            let results = stream::iter(syncs)
                 .buffer_unordered(16)
                 .collect::<Vec<_>>()
                 .await;

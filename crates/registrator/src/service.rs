@@ -130,7 +130,9 @@ fn service(c: &Container, rules: &Rules, keys: &Keys, port: Port, many: bool) ->
 /// 3. with `-internal`, or on a network registrator's own container shares,
 ///    the container's address there (lexically first network) and exposed port;
 /// 4. a published port: the host address (`-ip`, else the binding's) and host port;
-/// 5. the container's address on its lexically first network.
+/// 5. when registrator runs on networks of its own, nothing else is
+///    reachable: refused with a reason;
+/// 6. else the container's address on its lexically first network.
 fn address(c: &Container, rules: &Rules, keys: &Keys, port: Port) -> Result<(IpAddr, u16), String> {
     if let Some(label) = &rules.ip_from_label {
         if let Some(ip) = c.labels.get(label) {
@@ -155,6 +157,14 @@ fn address(c: &Container, rules: &Rules, keys: &Keys, port: Port) -> Result<(IpA
                 return Ok((ip, binding.port));
             }
         }
+    }
+    if !rules.own_networks.is_empty() && !rules.internal {
+        // Registrator runs on a network of its own: a container that shares
+        // none of it and publishes nothing cannot be reached from there.
+        return Err(format!(
+            "unreachable: shares no network with registrator ({:?}) and publishes no port; attach it, publish the port or set SERVICE_NETWORK",
+            rules.own_networks
+        ));
     }
     if let Some(ip) = on(&|_| true) {
         return Ok((ip, port.number));
@@ -471,6 +481,15 @@ mod tests {
         // -internal keeps the container's own address and port.
         let s = &desired(&c, &Rules { internal: true, ..r }).services[0];
         assert_eq!((s.address.as_str(), s.port), ("172.20.0.5", 80));
+    }
+
+    #[test]
+    fn containers_registrator_cannot_reach_are_refused_with_the_reason() {
+        let c = container(&[("SERVICE_NAME", "h")], &["80/tcp"]);
+        let other = Rules { own_networks: vec!["other_default".into()], ..rules() };
+        assert!(desired(&c, &other).problems[0].contains("unreachable"));
+        let on_host = Rules { own_networks: vec![], ..rules() };
+        assert_eq!(desired(&c, &on_host).services[0].address, "172.20.0.5");
     }
 
     #[test]

@@ -1,0 +1,106 @@
+//! Command line and environment.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+/// Keeps HAProxy's configuration equal to Consul's healthy instances: every
+/// service tagged `rest` is served at /<name>, prefix stripped, round robin.
+/// Each change is checked with `haproxy -c` before HAProxy reloads it.
+#[derive(Debug, Parser)]
+#[command(name = "haproxy-sync", version)]
+pub struct Args {
+    #[command(flatten)]
+    pub consul: consul::ConsulArgs,
+    /// Handlebars template of the HAProxy configuration (default: the built-in haproxy/haproxy.cfg.hbs).
+    #[arg(long, env = "HAPROXY_SYNC_TEMPLATE")]
+    pub template: Option<PathBuf>,
+    /// The configuration file to write.
+    #[arg(long, env = "HAPROXY_SYNC_CONFIG", default_value = "/var/lib/haproxy-sync/haproxy.cfg")]
+    pub config: PathBuf,
+    /// The HAProxy binary.
+    #[arg(long, env = "HAPROXY_BIN", default_value = "haproxy")]
+    pub haproxy: PathBuf,
+    /// HAProxy's master CLI socket (reloads go through it).
+    #[arg(long, default_value = "/var/run/haproxy-sync/master.sock")]
+    pub master_socket: PathBuf,
+    /// HAProxy's runtime API socket.
+    #[arg(long, default_value = "/var/run/haproxy-sync/admin.sock")]
+    pub runtime_socket: PathBuf,
+    /// Services carrying this tag are routed.
+    #[arg(long, env = "HAPROXY_SYNC_TAG", default_value = "rest")]
+    pub tag: String,
+    /// Quiescence MIN:MAX: apply once Consul was quiet for MIN, at the latest MAX after the first change.
+    #[arg(long, default_value = "25ms:250ms", value_parser = parse_wait)]
+    pub wait: (Duration, Duration),
+    /// Address HAProxy's frontends bind to (empty: all).
+    #[arg(long, default_value = "")]
+    pub bind: String,
+    /// Port of the routing frontend.
+    #[arg(long, env = "HTTP_PORT", default_value_t = 80)]
+    pub http_port: u16,
+    /// Port of the stats page (served only when STATS_USER and STATS_PASSWORD are set).
+    #[arg(long, env = "STATS_PORT", default_value_t = 1936)]
+    pub stats_port: u16,
+    /// User name for the stats page.
+    #[arg(long, env = "STATS_USER")]
+    pub stats_user: Option<String>,
+    /// Password for the stats page (given to HAProxy through its environment, never written to a file).
+    #[arg(long, env = "STATS_PASSWORD", hide_env_values = true)]
+    pub stats_password: Option<String>,
+    /// How long old HAProxy workers may finish their connections after a reload.
+    #[arg(long, default_value = "30s")]
+    pub hard_stop_after: String,
+    /// Seconds HAProxy gets to finish its connections when haproxy-sync stops.
+    #[arg(long, default_value_t = 10)]
+    pub grace: u64,
+    /// Render once from Consul's current state, apply, and exit.
+    #[arg(long)]
+    pub once: bool,
+    /// Print configurations to stdout instead of writing them and running HAProxy.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Log format.
+    #[arg(long, value_enum, default_value = "text", env = "LOG_FORMAT")]
+    pub log_format: ops::LogFormat,
+}
+
+impl Args {
+    /// Stats credentials, when both are set.
+    pub fn stats_credentials(&self) -> Option<(String, String)> {
+        match (&self.stats_user, &self.stats_password) {
+            (Some(u), Some(p)) if !u.is_empty() && !p.is_empty() => Some((u.clone(), p.clone())),
+            _ => None,
+        }
+    }
+}
+
+/// Parses `MIN:MAX` (or a single `MIN`, with MAX = 4 × MIN), e.g. `25ms:250ms`.
+pub fn parse_wait(s: &str) -> Result<(Duration, Duration), String> {
+    let parse = |v: &str| humantime::parse_duration(v.trim()).map_err(|e| format!("{v:?}: {e}"));
+    let (min, max) = match s.split_once(':') {
+        Some((a, b)) => (parse(a)?, parse(b)?),
+        None => {
+            let min = parse(s)?;
+            (min, min * 4)
+        }
+    };
+    if max < min {
+        return Err(format!("wait MAX {max:?} is below MIN {min:?}"));
+    }
+    Ok((min, max))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wait_parses_like_consul_template() {
+        assert_eq!(parse_wait("25ms:250ms").unwrap(), (Duration::from_millis(25), Duration::from_millis(250)));
+        assert_eq!(parse_wait("1s").unwrap(), (Duration::from_secs(1), Duration::from_secs(4)));
+        assert!(parse_wait("2s:1s").is_err());
+        assert!(parse_wait("soon").is_err());
+    }
+}

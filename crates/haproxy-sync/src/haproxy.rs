@@ -1,0 +1,172 @@
+//! HAProxy itself: checking a configuration, running the master process,
+//! and talking to its master CLI.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use consul::Backoff;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+use tokio::process::{Child, Command};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+#[derive(Debug, thiserror::Error)]
+pub enum HaproxyError {
+    #[error("cannot run {bin}: {source}")]
+    Spawn { bin: String, source: std::io::Error },
+    #[error("HAProxy refused the configuration:\n{0}")]
+    Invalid(String),
+    #[error("master CLI at {socket}: {source}")]
+    MasterCli { socket: String, source: std::io::Error },
+    #[error("reload failed:\n{0}")]
+    Reload(String),
+}
+
+/// Where HAProxy is and the files it is run with.
+#[derive(Clone, Debug)]
+pub struct Haproxy {
+    pub bin: PathBuf,
+    pub config: PathBuf,
+    pub master_socket: PathBuf,
+    /// Variables HAProxy's configuration reads (`"${STATS_PASSWORD}"`), given
+    /// to both `haproxy -c` and the running HAProxy, never written to a file.
+    pub env: Vec<(String, String)>,
+}
+
+impl Haproxy {
+    /// Runs `haproxy -c` on `path`; HAProxy's own message on failure.
+    pub async fn check(&self, path: &Path) -> Result<(), HaproxyError> {
+        let out = Command::new(&self.bin)
+            .arg("-c")
+            .arg("-q")
+            .arg("-f")
+            .arg(path)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .map_err(|source| HaproxyError::Spawn { bin: self.bin.display().to_string(), source })?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            let mut msg = String::from_utf8_lossy(&out.stderr).into_owned();
+            msg.push_str(&String::from_utf8_lossy(&out.stdout));
+            Err(HaproxyError::Invalid(msg.trim().to_owned()))
+        }
+    }
+
+    /// Starts HAProxy in master-worker mode, in the foreground, with its
+    /// master CLI on `master_socket`.
+    pub fn spawn(&self) -> Result<Child, HaproxyError> {
+        let _ = std::fs::remove_file(&self.master_socket);
+        Command::new(&self.bin)
+            .arg("-W")
+            .arg("-S")
+            .arg(format!("{},mode,600", self.master_socket.display()))
+            .arg("-f")
+            .arg(&self.config)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .kill_on_drop(false)
+            .spawn()
+            .map_err(|source| HaproxyError::Spawn { bin: self.bin.display().to_string(), source })
+    }
+
+    /// Sends one command to the master CLI and returns its answer.
+    pub async fn master(&self, command: &str) -> Result<String, HaproxyError> {
+        let err = |source| HaproxyError::MasterCli { socket: self.master_socket.display().to_string(), source };
+        let io = async {
+            let mut stream = UnixStream::connect(&self.master_socket).await?;
+            stream.write_all(format!("{command}\n").as_bytes()).await?;
+            // End of input: HAProxy runs the command and closes the session.
+            stream.shutdown().await?;
+            let mut answer = String::new();
+            stream.read_to_string(&mut answer).await?;
+            Ok(answer)
+        };
+        tokio::time::timeout(Duration::from_secs(10), io)
+            .await
+            .unwrap_or_else(|_| Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer in 10 s")))
+            .map_err(err)
+    }
+
+    /// Reloads through the master CLI and waits until the master answers
+    /// again with a worker of the new generation.
+    pub async fn reload(&self) -> Result<(), HaproxyError> {
+        let before = self.worker_reloads().await.ok();
+        let answer = self.master("reload").await?;
+        // HAProxy >= 2.7 answers synchronously: "Success=1" or "Success=0".
+        if answer.contains("Success=0") {
+            return Err(HaproxyError::Reload(answer));
+        }
+        // 2.6 closes the connection while the master re-executes: wait for
+        // it to come back with a newer worker.
+        let mut backoff = Backoff::new(Duration::from_millis(5), Duration::from_millis(100));
+        for _ in 0..200 {
+            match self.worker_reloads().await {
+                Ok(now) if before.is_none_or(|b| now > b) || answer.contains("Success=1") => return Ok(()),
+                _ => backoff.wait().await,
+            }
+        }
+        Err(HaproxyError::Reload("the master did not come back with a new worker".into()))
+    }
+
+    /// The master's reload counter, from `show proc`.
+    async fn worker_reloads(&self) -> Result<u64, HaproxyError> {
+        let answer = self.master("show proc").await?;
+        // "#<PID> <type> <reloads> <uptime> <version>"; the master's line carries the count.
+        answer
+            .lines()
+            .find(|l| l.split_whitespace().nth(1) == Some("master"))
+            .and_then(|l| l.split_whitespace().nth(2))
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| HaproxyError::Reload(format!("unexpected `show proc` answer: {answer}")))
+    }
+}
+
+/// Keeps HAProxy running until `shutdown`: restarts it (with backoff) if it
+/// exits, and on shutdown asks it to finish its connections (SIGUSR1) for
+/// at most `grace` before killing it.
+pub async fn supervise(haproxy: Haproxy, grace: Duration, ready: tokio::sync::watch::Sender<bool>, shutdown: CancellationToken) {
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+    loop {
+        let mut child = match haproxy.spawn() {
+            Ok(child) => child,
+            Err(e) => {
+                error!(error = %e, "cannot start HAProxy");
+                tokio::select! { _ = shutdown.cancelled() => return, _ = backoff.wait() => continue }
+            }
+        };
+        info!(pid = child.id(), config = %haproxy.config.display(), "HAProxy started");
+        let _ = ready.send(true);
+        tokio::select! {
+            status = child.wait() => {
+                let _ = ready.send(false);
+                warn!(?status, "HAProxy exited; restarting");
+                tokio::select! { _ = shutdown.cancelled() => return, _ = backoff.wait() => {} }
+            }
+            _ = shutdown.cancelled() => {
+                stop(&mut child, grace).await;
+                return;
+            }
+        }
+        backoff.reset();
+    }
+}
+
+async fn stop(child: &mut Child, grace: Duration) {
+    if let Some(pid) = child.id() {
+        let _ = kill(Pid::from_raw(pid as i32), Signal::SIGUSR1);
+    }
+    match tokio::time::timeout(grace, child.wait()).await {
+        Ok(_) => info!("HAProxy stopped"),
+        Err(_) => {
+            warn!("HAProxy still running after the grace period; killing it");
+            let _ = child.kill().await;
+        }
+    }
+}

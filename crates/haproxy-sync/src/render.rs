@@ -1,0 +1,114 @@
+//! Renders the HAProxy configuration from a handlebars template.
+
+use handlebars::Handlebars;
+
+use crate::model::Config;
+
+/// The template shipped in `haproxy/haproxy.cfg.hbs`.
+pub const DEFAULT_TEMPLATE: &str = include_str!("../../../haproxy/haproxy.cfg.hbs");
+
+#[derive(Debug, thiserror::Error)]
+pub enum RenderError {
+    #[error("template {name} does not parse: {source}")]
+    Template { name: String, source: Box<handlebars::TemplateError> },
+    #[error("template {name} failed to render: {source}")]
+    Render { name: String, source: Box<handlebars::RenderError> },
+}
+
+/// A parsed template, ready to render many times.
+pub struct Renderer {
+    registry: Handlebars<'static>,
+    name: String,
+}
+
+impl Renderer {
+    /// Parses `source`. Strict mode is on (a misspelt variable is an error,
+    /// not an empty string) and HTML escaping is off (this is not HTML).
+    pub fn new(name: &str, source: &str) -> Result<Self, RenderError> {
+        let mut registry = Handlebars::new();
+        registry.set_strict_mode(true);
+        registry.register_escape_fn(handlebars::no_escape);
+        registry
+            .register_template_string("config", source)
+            .map_err(|e| RenderError::Template { name: name.to_owned(), source: Box::new(e) })?;
+        Ok(Self { registry, name: name.to_owned() })
+    }
+
+    pub fn default_template() -> Self {
+        Self::new("haproxy/haproxy.cfg.hbs", DEFAULT_TEMPLATE).expect("the default template parses")
+    }
+
+    pub fn render(&self, config: &Config) -> Result<String, RenderError> {
+        let text = self
+            .registry
+            .render("config", config)
+            .map_err(|e| RenderError::Render { name: self.name.clone(), source: Box::new(e) })?;
+        Ok(tidy(&text))
+    }
+}
+
+/// Drops runs of blank lines the template's block helpers leave behind.
+fn tidy(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut blank = 0;
+    for line in text.lines() {
+        if line.trim().is_empty() {
+            blank += 1;
+            if blank > 1 {
+                continue;
+            }
+        } else {
+            blank = 0;
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use consul::HealthStatus;
+
+    use super::*;
+    use crate::model::{self, Catalog, Instance, Stats};
+
+    fn config(catalog: &Catalog) -> Config {
+        Config {
+            services: model::services(catalog).0,
+            bind: String::new(),
+            http_port: 80,
+            stats: Stats { enabled: true, port: 1936 },
+            runtime_socket: "/run/admin.sock".into(),
+            hard_stop_after: "30s".into(),
+            template: "t".into(),
+        }
+    }
+
+    #[test]
+    fn default_template_routes_each_service_by_prefix_and_strips_it() {
+        let inst = Instance { id: "x:1".into(), address: "10.0.0.2".into(), port: 8080, status: HealthStatus::Passing, tags: vec![], meta: Default::default() };
+        let catalog = Catalog { services: [("hello".to_owned(), vec![inst])].into() };
+        let text = Renderer::default_template().render(&config(&catalog)).unwrap();
+        for needle in [
+            "acl path_be_hello path /hello\n",
+            "acl path_be_hello path_beg /hello/\n",
+            "use_backend be_hello if path_be_hello\n",
+            "backend be_hello\n    balance roundrobin\n    option httpchk GET /\n    http-request replace-path ^/hello/?(.*) /\\1\n",
+            "server x_1 10.0.0.2:8080 check weight 100\n",
+            "stats auth \"${STATS_USER}:${STATS_PASSWORD}\"",
+            "default_backend no_route",
+        ] {
+            assert!(text.contains(needle), "missing {needle:?} in\n{text}");
+        }
+        assert!(!text.contains("\n\n\n"));
+    }
+
+    #[test]
+    fn strict_mode_refuses_unknown_variables() {
+        let r = Renderer::new("t", "{{no_such_field}}").unwrap();
+        let err = r.render(&config(&Catalog::default())).unwrap_err().to_string();
+        assert!(err.contains("no_such_field"), "{err}");
+        assert!(Renderer::new("t", "{{#each services}}").is_err());
+    }
+}

@@ -1,0 +1,205 @@
+//! Follows Consul with blocking queries: the catalog for which services are
+//! routed, and each routed service's health for its instances. Publishes a
+//! complete [`Catalog`] whenever it changes; errors never publish anything,
+//! so the last good state stays in force while Consul is away.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use consul::blocking::{is_news, next_index};
+use consul::{Backoff, Client, ServiceEntry};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::model::{Catalog, Instance};
+
+/// What to watch.
+#[derive(Clone, Debug)]
+pub struct WatchOptions {
+    /// Services carrying this tag are routed.
+    pub tag: String,
+    /// How long one blocking query may wait at Consul.
+    pub wait: Duration,
+    /// The least time between two queries of one watch (a guard against spinning).
+    pub min_interval: Duration,
+}
+
+impl Default for WatchOptions {
+    fn default() -> Self {
+        Self { tag: "rest".into(), wait: consul::client::DEFAULT_WAIT, min_interval: Duration::from_millis(5) }
+    }
+}
+
+/// Counters the watcher keeps, for metrics and tests.
+#[derive(Debug, Default)]
+pub struct WatchStats {
+    pub errors: AtomicU64,
+}
+
+enum Update {
+    /// The set of routed service names changed.
+    Names(HashSet<String>),
+    /// A service's instances, as Consul answered them.
+    Instances(String, Vec<Instance>),
+}
+
+/// Runs until `shutdown`, publishing every complete, changed catalog on `tx`.
+pub async fn run(client: Client, opts: WatchOptions, tx: watch::Sender<Option<Catalog>>, stats: Arc<WatchStats>, shutdown: CancellationToken) {
+    let (updates_tx, mut updates) = mpsc::unbounded_channel();
+    let catalog_task = tokio::spawn(watch_catalog(client.clone(), opts.clone(), updates_tx.clone(), stats.clone(), shutdown.clone()));
+
+    let mut watches: HashMap<String, (CancellationToken, JoinHandle<()>)> = HashMap::new();
+    let mut names: Option<HashSet<String>> = None;
+    let mut instances: BTreeMap<String, Vec<Instance>> = BTreeMap::new();
+    let start = |name: &str| {
+        let token = shutdown.child_token();
+        let task = tokio::spawn(watch_service(client.clone(), name.to_owned(), opts.clone(), updates_tx.clone(), stats.clone(), token.clone()));
+        (token, task)
+    };
+    loop {
+        let update = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            u = updates.recv() => match u { Some(u) => u, None => break },
+        };
+        apply(update, &mut names, &mut instances, &mut watches, &start);
+        while let Ok(update) = updates.try_recv() {
+            apply(update, &mut names, &mut instances, &mut watches, &start);
+        }
+        // Publish only complete states: every routed service has answered.
+        let Some(names) = &names else { continue };
+        if names.iter().all(|n| instances.contains_key(n)) {
+            let catalog = Catalog { services: instances.clone() };
+            tx.send_if_modified(|current| {
+                if current.as_ref() == Some(&catalog) {
+                    false
+                } else {
+                    *current = Some(catalog);
+                    true
+                }
+            });
+        }
+    }
+    catalog_task.abort();
+    for (token, task) in watches.into_values() {
+        token.cancel();
+        task.abort();
+    }
+}
+
+fn apply(
+    update: Update,
+    names: &mut Option<HashSet<String>>,
+    instances: &mut BTreeMap<String, Vec<Instance>>,
+    watches: &mut HashMap<String, (CancellationToken, JoinHandle<()>)>,
+    start: &dyn Fn(&str) -> (CancellationToken, JoinHandle<()>),
+) {
+    match update {
+        Update::Names(new) => {
+            watches.retain(|name, (token, _)| {
+                let keep = new.contains(name);
+                if !keep {
+                    token.cancel();
+                    instances.remove(name);
+                    info!(service = %name, "service no longer routed");
+                }
+                keep
+            });
+            for name in &new {
+                if !watches.contains_key(name) {
+                    debug!(service = %name, "watching service");
+                    watches.insert(name.clone(), start(name));
+                }
+            }
+            *names = Some(new);
+        }
+        Update::Instances(name, list) => {
+            if watches.contains_key(&name) {
+                instances.insert(name, list);
+            }
+        }
+    }
+}
+
+async fn watch_catalog(client: Client, opts: WatchOptions, tx: mpsc::UnboundedSender<Update>, stats: Arc<WatchStats>, shutdown: CancellationToken) {
+    let mut index = 0;
+    let mut backoff = Backoff::default();
+    loop {
+        let started = tokio::time::Instant::now();
+        let result = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = client.catalog_services(index, opts.wait) => r,
+        };
+        match result {
+            Ok(answer) => {
+                if backoff.attempts() > 0 {
+                    info!("Consul catalog reachable again");
+                }
+                backoff.reset();
+                if is_news(index, answer.index) {
+                    let names = answer.value.into_iter().filter(|(_, tags)| tags.iter().any(|t| *t == opts.tag)).map(|(n, _)| n).collect();
+                    if tx.send(Update::Names(names)).is_err() {
+                        return;
+                    }
+                }
+                index = next_index(index, answer.index);
+            }
+            Err(e) => {
+                stats.errors.fetch_add(1, Ordering::Relaxed);
+                warn!(error = %e, "Consul catalog watch failed; keeping the last known services");
+                index = 0;
+                tokio::select! { _ = shutdown.cancelled() => return, _ = backoff.wait() => {} }
+            }
+        }
+        pace(started, opts.min_interval).await;
+    }
+}
+
+async fn watch_service(client: Client, name: String, opts: WatchOptions, tx: mpsc::UnboundedSender<Update>, stats: Arc<WatchStats>, shutdown: CancellationToken) {
+    let mut index = 0;
+    let mut backoff = Backoff::default();
+    loop {
+        let started = tokio::time::Instant::now();
+        let result = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = client.health_service(&name, index, opts.wait) => r,
+        };
+        match result {
+            Ok(answer) => {
+                backoff.reset();
+                if is_news(index, answer.index) {
+                    let list = answer.value.iter().map(instance).collect();
+                    if tx.send(Update::Instances(name.clone(), list)).is_err() {
+                        return;
+                    }
+                }
+                index = next_index(index, answer.index);
+            }
+            Err(e) => {
+                stats.errors.fetch_add(1, Ordering::Relaxed);
+                warn!(service = %name, error = %e, "Consul health watch failed; keeping the last known instances");
+                index = 0;
+                tokio::select! { _ = shutdown.cancelled() => return, _ = backoff.wait() => {} }
+            }
+        }
+        pace(started, opts.min_interval).await;
+    }
+}
+
+fn instance(e: &ServiceEntry) -> Instance {
+    Instance {
+        id: e.service.id.clone(),
+        address: e.address().to_owned(),
+        port: e.service.port,
+        status: e.status(),
+        tags: e.service.tags.clone(),
+        meta: e.service.meta.clone(),
+    }
+}
+
+async fn pace(started: tokio::time::Instant, min: Duration) {
+    tokio::time::sleep_until(started + min).await;
+}
