@@ -1,0 +1,243 @@
+//! haproxy-sync against a real Consul agent and a real HAProxy, with
+//! backends on loopback that echo which instance answered and what path
+//! reached it.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use axum::Router;
+use axum::http::Uri;
+use clap::Parser;
+use consul::{Check, Registration};
+use haproxy_sync::config::Args;
+use testkit::{TestConsul, eventually, free_port};
+use tokio_util::sync::CancellationToken;
+
+const LIMIT: Duration = Duration::from_secs(10);
+
+/// A backend answering `<port> <path>` to every request.
+async fn backend() -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let app = Router::new().fallback(move |uri: Uri| async move { format!("{port} {}", uri.path()) });
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    port
+}
+
+struct Lb {
+    http: u16,
+    stats: u16,
+    dir: PathBuf,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Lb {
+    async fn start(consul: &TestConsul, extra: &[&str]) -> Lb {
+        let (http, stats) = (free_port(), free_port());
+        let dir = std::env::temp_dir().join(format!("haproxy-sync-test-{http}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut argv: Vec<String> = [
+            "haproxy-sync",
+            &consul.url(),
+            "--config",
+            &dir.join("haproxy.cfg").display().to_string(),
+            "--master-socket",
+            &dir.join("master.sock").display().to_string(),
+            "--runtime-socket",
+            &dir.join("admin.sock").display().to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--http-port",
+            &http.to_string(),
+            "--stats-port",
+            &stats.to_string(),
+            "--stats-user",
+            "admin",
+            "--stats-password",
+            "s3cret",
+            "--wait",
+            "10ms:100ms",
+            "--grace",
+            "1",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        argv.extend(extra.iter().map(|s| s.to_string()));
+        let args = Args::parse_from(argv);
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(haproxy_sync::run(args, shutdown.clone()));
+        let lb = Lb { http, stats, dir, shutdown, task };
+        eventually("HAProxy listens", LIMIT, || async {
+            tokio::net::TcpStream::connect(("127.0.0.1", http)).await.map(drop).map_err(|e| e.to_string())
+        })
+        .await;
+        lb
+    }
+
+    async fn get(&self, path: &str) -> Result<(u16, String), String> {
+        let resp = reqwest::get(format!("http://127.0.0.1:{}{path}", self.http)).await.map_err(|e| e.to_string())?;
+        let status = resp.status().as_u16();
+        Ok((status, resp.text().await.map_err(|e| e.to_string())?))
+    }
+
+    /// The backend ports that answer `path` over `n` requests.
+    async fn ports(&self, path: &str, n: usize) -> BTreeSet<u16> {
+        let mut seen = BTreeSet::new();
+        for _ in 0..n {
+            if let Ok((200, body)) = self.get(path).await {
+                seen.insert(body.split(' ').next().unwrap().parse().unwrap());
+            }
+        }
+        seen
+    }
+
+    async fn wait_ports(&self, path: &str, want: &[u16]) {
+        let want: BTreeSet<u16> = want.iter().copied().collect();
+        eventually(&format!("{path} answered by {want:?}"), LIMIT, || async {
+            let seen = self.ports(path, want.len() * 4 + 2).await;
+            if seen == want { Ok(()) } else { Err(format!("{seen:?}")) }
+        })
+        .await;
+    }
+
+    fn config(&self) -> String {
+        std::fs::read_to_string(self.dir.join("haproxy.cfg")).unwrap()
+    }
+
+    async fn stop(self) {
+        self.shutdown.cancel();
+        self.task.await.unwrap().unwrap();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+async fn register(consul: &TestConsul, id: &str, name: &str, port: u16, meta: &[(&str, &str)]) {
+    consul
+        .client()
+        .register(&Registration {
+            id: id.into(),
+            name: name.into(),
+            tags: vec!["rest".into()],
+            address: "127.0.0.1".into(),
+            port,
+            meta: meta.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            ..Registration::default()
+        })
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn routes_by_prefix_strips_it_and_balances_round_robin() {
+    let consul = TestConsul::start().await;
+    let (a, b, c) = (backend().await, backend().await, backend().await);
+    register(&consul, "h-a", "hello", a, &[]).await;
+    register(&consul, "h-b", "hello", b, &[]).await;
+    register(&consul, "h2", "hello2", c, &[]).await;
+    let lb = Lb::start(&consul, &[]).await;
+
+    lb.wait_ports("/hello", &[a, b]).await;
+    // Round robin: consecutive requests alternate.
+    let (_, first) = lb.get("/hello").await.unwrap();
+    let (_, second) = lb.get("/hello").await.unwrap();
+    assert_ne!(first.split(' ').next(), second.split(' ').next());
+    // The prefix is stripped; /hello2 is its own service; /hellox is nobody's.
+    assert!(lb.get("/hello/x/y?q=1").await.unwrap().1.ends_with(" /x/y"));
+    assert!(lb.get("/hello").await.unwrap().1.ends_with(" /"));
+    assert_eq!(lb.get("/hello2/z").await.unwrap().1, format!("{c} /z"));
+    assert_eq!(lb.get("/hellox").await.unwrap().0, 404);
+    assert_eq!(lb.get("/").await.unwrap().0, 404);
+    lb.stop().await;
+}
+
+#[tokio::test]
+async fn follows_scaling_and_health() {
+    let consul = TestConsul::start().await;
+    let (a, b, c) = (backend().await, backend().await, backend().await);
+    register(&consul, "h-a", "hello", a, &[]).await;
+    let lb = Lb::start(&consul, &[]).await;
+    lb.wait_ports("/hello", &[a]).await;
+
+    register(&consul, "h-b", "hello", b, &[]).await;
+    register(&consul, "h-c", "hello", c, &[]).await;
+    lb.wait_ports("/hello", &[a, b, c]).await;
+
+    consul.client().deregister("h-a").await.unwrap();
+    lb.wait_ports("/hello", &[b, c]).await;
+
+    // An instance whose Consul check is critical gets no traffic.
+    let critical = Registration {
+        id: "h-c".into(),
+        name: "hello".into(),
+        tags: vec!["rest".into()],
+        address: "127.0.0.1".into(),
+        port: c,
+        checks: vec![Check { ttl: Some("1h".into()), status: Some("critical".into()), ..Check::default() }],
+        ..Registration::default()
+    };
+    consul.client().register(&critical).await.unwrap();
+    lb.wait_ports("/hello", &[b]).await;
+    lb.stop().await;
+}
+
+#[tokio::test]
+async fn stats_page_needs_the_credentials() {
+    let consul = TestConsul::start().await;
+    let lb = Lb::start(&consul, &[]).await;
+    let url = format!("http://127.0.0.1:{}/", lb.stats);
+    let http = reqwest::Client::new();
+    assert_eq!(http.get(&url).send().await.unwrap().status().as_u16(), 401);
+    assert_eq!(http.get(&url).basic_auth("admin", Some("wrong")).send().await.unwrap().status().as_u16(), 401);
+    assert_eq!(http.get(&url).basic_auth("admin", Some("s3cret")).send().await.unwrap().status().as_u16(), 200);
+    assert!(!lb.config().contains("s3cret"), "the password must not be written to the configuration file");
+    lb.stop().await;
+}
+
+#[tokio::test]
+async fn a_config_haproxy_refuses_is_never_loaded_and_routing_goes_on() {
+    let consul = TestConsul::start().await;
+    let a = backend().await;
+    register(&consul, "h-a", "hello", a, &[]).await;
+    // A template that writes a bogus directive when a service named "breaker" exists.
+    let template = std::env::temp_dir().join(format!("breaking-{a}.hbs"));
+    let source = haproxy_sync::render::DEFAULT_TEMPLATE.replace(
+        "    default_backend no_route",
+        "{{#each services}}{{#if (eq name \"breaker\")}}    this-is-not-a-directive\n{{/if}}{{/each}}    default_backend no_route",
+    );
+    std::fs::write(&template, source).unwrap();
+    let lb = Lb::start(&consul, &["--template", &template.display().to_string()]).await;
+    lb.wait_ports("/hello", &[a]).await;
+    let good = lb.config();
+
+    let b = backend().await;
+    register(&consul, "brk", "breaker", b, &[]).await;
+    register(&consul, "h-b", "hello", b, &[]).await;
+    // HAProxy keeps the configuration in force: /hello never gains b.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(lb.ports("/hello", 10).await, BTreeSet::from([a]));
+    assert_eq!(lb.config(), good);
+    assert!(lb.dir.join("haproxy.cfg.rejected").exists());
+
+    // Once the offending service goes, the next change applies.
+    consul.client().deregister("brk").await.unwrap();
+    lb.wait_ports("/hello", &[a, b]).await;
+    lb.stop().await;
+    let _ = std::fs::remove_file(template);
+}
+
+#[tokio::test]
+async fn hostile_metadata_cannot_inject_directives() {
+    let consul = TestConsul::start().await;
+    let (a, b) = (backend().await, backend().await);
+    register(&consul, "h-a", "hello", a, &[]).await;
+    register(&consul, "evil", "evil", b, &[("lb_path", "/x\n    server injected 127.0.0.1:1"), ("lb_weight", "1\nbind :1")]).await;
+    register(&consul, "evil\n    bind :2", "evil name\"#", b, &[]).await;
+    let lb = Lb::start(&consul, &[]).await;
+    lb.wait_ports("/hello", &[a]).await;
+    let config = lb.config();
+    assert!(!config.contains("injected") && !config.contains("bind :1") && !config.contains("bind :2"), "{config}");
+    lb.stop().await;
+}
