@@ -3,12 +3,17 @@
 //! `GET /` answers `{"hostname", "time", "language"}` so that requests
 //! through the load balancer show which instance answered; `GET /health`
 //! answers 200 for health checks. [`app`] is the router, [`serve`] runs it
-//! on a listener until a shutdown future resolves, then drains.
+//! on a listener until a shutdown future resolves, then drains: it keeps
+//! answering for a drain delay while load balancers take it out (health
+//! turns 503), then stops accepting and finishes what is in flight.
 #![forbid(unsafe_code)]
 
 use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
+use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
@@ -25,6 +30,11 @@ pub struct Hello {
 
 /// The service's routes; unknown paths answer 404.
 pub fn app() -> Router {
+    app_draining(Arc::default())
+}
+
+/// [`app`], whose `/health` answers 503 once `draining` is set.
+pub fn app_draining(draining: Arc<AtomicBool>) -> Router {
     let hostname = gethostname::gethostname().to_string_lossy().into_owned();
     Router::new()
         .route(
@@ -37,15 +47,44 @@ pub fn app() -> Router {
                 }
             }),
         )
-        .route("/health", get(|| async { "ok" }))
+        .route(
+            "/health",
+            get(move || {
+                let draining = draining.load(Ordering::Relaxed);
+                async move { if draining { (StatusCode::SERVICE_UNAVAILABLE, "draining") } else { (StatusCode::OK, "ok") } }
+            }),
+        )
 }
 
-/// Serves [`app`] on `listener` until `shutdown` resolves; then stops
-/// accepting, lets in-flight requests finish for at most `grace`, and returns.
-pub async fn serve(listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static, grace: Duration) -> std::io::Result<()> {
+/// How [`serve`] stops once asked to.
+#[derive(Debug, Clone, Copy)]
+pub struct Stopping {
+    /// Time to go on serving (health answering 503) so that load balancers
+    /// stop sending requests before the listener closes.
+    pub drain: Duration,
+    /// Longest time in-flight requests get once the listener is closed.
+    pub grace: Duration,
+}
+
+/// Serves [`app`] on `listener` until `shutdown` resolves; then serves on
+/// for `stopping.drain` with `/health` failing, stops accepting, lets
+/// in-flight requests finish for at most `stopping.grace`, and returns.
+pub async fn serve(
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    stopping: Stopping,
+) -> std::io::Result<()> {
+    let Stopping { drain, grace } = stopping;
+    let draining = Arc::new(AtomicBool::new(false));
     let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = axum::serve(listener, app()).with_graceful_shutdown(async move {
+    let flag = draining.clone();
+    let server = axum::serve(listener, app_draining(draining)).with_graceful_shutdown(async move {
         shutdown.await;
+        flag.store(true, Ordering::Relaxed);
+        if !drain.is_zero() {
+            tracing::info!(drain_ms = drain.as_millis() as u64, "draining: still serving while load balancers let go");
+            tokio::time::sleep(drain).await;
+        }
         let _ = stopping_tx.send(());
     });
     let server = std::pin::pin!(server.into_future());
@@ -95,7 +134,14 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(serve(listener, async { let _ = rx.await; }, Duration::from_secs(5)));
+        let stopping = Stopping { drain: Duration::ZERO, grace: Duration::from_secs(5) };
+        let server = tokio::spawn(serve(
+            listener,
+            async {
+                let _ = rx.await;
+            },
+            stopping,
+        ));
         // An open keep-alive connection must not hold the server up.
         let mut idle = tokio::net::TcpStream::connect(addr).await.unwrap();
         use tokio::io::AsyncWriteExt;
@@ -103,5 +149,41 @@ mod tests {
         tx.send(()).unwrap();
         tokio::time::timeout(Duration::from_secs(3), server).await.expect("server stops").unwrap().unwrap();
         assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "still accepting after shutdown");
+    }
+
+    #[tokio::test]
+    async fn during_the_drain_delay_it_serves_on_but_fails_health() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let stopping = Stopping { drain: Duration::from_millis(500), grace: Duration::from_secs(5) };
+        let server = tokio::spawn(serve(
+            listener,
+            async {
+                let _ = rx.await;
+            },
+            stopping,
+        ));
+        let status = |path: &'static str| async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+            conn.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").as_bytes())
+                .await
+                .unwrap();
+            let mut resp = String::new();
+            conn.read_to_string(&mut resp).await.unwrap();
+            resp.split(' ').nth(1).unwrap().to_owned()
+        };
+        assert_eq!(status("/health").await, "200");
+        tx.send(()).unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(status("/health").await, "503");
+        assert_eq!(status("/").await, "200", "still serving while draining");
+        tokio::time::timeout(Duration::from_secs(3), server)
+            .await
+            .expect("server stops after the drain")
+            .unwrap()
+            .unwrap();
+        assert!(tokio::net::TcpStream::connect(addr).await.is_err());
     }
 }

@@ -11,7 +11,11 @@ struct Args {
     /// Address to listen on.
     #[arg(long, env = "LISTEN", default_value = "0.0.0.0:80")]
     listen: SocketAddr,
-    /// Seconds in-flight requests get to finish after SIGTERM.
+    /// Seconds to go on serving after SIGTERM, with /health failing, while
+    /// load balancers stop sending requests.
+    #[arg(long, env = "DRAIN_SECONDS", default_value_t = 0.0)]
+    drain: f64,
+    /// Seconds in-flight requests get to finish once the listener is closed.
     #[arg(long, env = "GRACE_SECONDS", default_value_t = 10)]
     grace: u64,
     /// Log format.
@@ -25,7 +29,11 @@ async fn main() -> std::io::Result<()> {
     ops::init_tracing(args.log_format);
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     tracing::info!(listen = %args.listen, "demo-service listening");
-    demo_service::serve(listener, ops::shutdown_signal(), Duration::from_secs(args.grace)).await?;
+    let stopping = demo_service::Stopping {
+        drain: Duration::try_from_secs_f64(args.drain).unwrap_or_default(),
+        grace: Duration::from_secs(args.grace),
+    };
+    demo_service::serve(listener, ops::shutdown_signal(), stopping).await?;
     tracing::info!("demo-service stopped");
     Ok(())
 }

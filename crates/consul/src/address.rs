@@ -23,9 +23,7 @@ pub struct Settings {
 impl Settings {
     /// The API base URL, defaulting to the local agent.
     pub fn base_url(&self) -> Url {
-        self.base.clone().unwrap_or_else(|| {
-            Url::parse("http://127.0.0.1:8500/").expect("static URL parses")
-        })
+        self.base.clone().unwrap_or_else(|| Url::parse("http://127.0.0.1:8500/").expect("static URL parses"))
     }
 }
 

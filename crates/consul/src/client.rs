@@ -76,7 +76,11 @@ impl Client {
                 builder = builder.identity(id);
             }
             (None, None) => {}
-            _ => return Err(Error::Tls("a client certificate needs both CONSUL_CLIENT_CERT and CONSUL_CLIENT_KEY".into())),
+            _ => {
+                return Err(Error::Tls(
+                    "a client certificate needs both CONSUL_CLIENT_CERT and CONSUL_CLIENT_KEY".into(),
+                ));
+            }
         }
         let http = builder.build().map_err(|e| Error::Tls(e.to_string()))?;
         Ok(Self { http, base: settings.base_url(), token: settings.token.clone().filter(|t| !t.is_empty()) })
@@ -177,9 +181,8 @@ impl Client {
 
     /// Sends a request; a non-2xx answer is an error carrying Consul's text.
     async fn send(&self, req: RequestBuilder) -> Result<(reqwest::Response, String), Error> {
-        let req = req
-            .build()
-            .map_err(|source| Error::Transport { method: Method::GET, path: String::new(), source })?;
+        let req =
+            req.build().map_err(|source| Error::Transport { method: Method::GET, path: String::new(), source })?;
         let (method, path) = (req.method().clone(), req.url().path().to_owned());
         let resp = match self.http.execute(req).await {
             Ok(resp) => resp,

@@ -131,7 +131,12 @@ impl Haproxy {
 /// Keeps HAProxy running until `shutdown`: restarts it (with backoff) if it
 /// exits, and on shutdown asks it to finish its connections (SIGUSR1) for
 /// at most `grace` before killing it.
-pub async fn supervise(haproxy: Haproxy, grace: Duration, ready: tokio::sync::watch::Sender<bool>, shutdown: CancellationToken) {
+pub async fn supervise(
+    haproxy: Haproxy,
+    grace: Duration,
+    ready: tokio::sync::watch::Sender<bool>,
+    shutdown: CancellationToken,
+) {
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
     loop {
         let mut child = match haproxy.spawn() {

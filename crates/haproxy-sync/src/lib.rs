@@ -42,7 +42,8 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
     let client = consul::Client::new(&args.consul.settings()?)?;
     let renderer = match &args.template {
         Some(path) => {
-            let source = std::fs::read_to_string(path).with_context(|| format!("reading template {}", path.display()))?;
+            let source =
+                std::fs::read_to_string(path).with_context(|| format!("reading template {}", path.display()))?;
             Renderer::new(&path.display().to_string(), &source)?
         }
         None => Renderer::default_template(),
@@ -51,8 +52,16 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
     if credentials.is_none() {
         warn!("STATS_USER and STATS_PASSWORD are not both set: the stats page is off");
     }
-    let env = credentials.iter().flat_map(|(u, p)| [("STATS_USER".to_owned(), u.clone()), ("STATS_PASSWORD".to_owned(), p.clone())]).collect();
-    let haproxy = Haproxy { bin: args.haproxy.clone(), config: args.config.clone(), master_socket: args.master_socket.clone(), env };
+    let env = credentials
+        .iter()
+        .flat_map(|(u, p)| [("STATS_USER".to_owned(), u.clone()), ("STATS_PASSWORD".to_owned(), p.clone())])
+        .collect();
+    let haproxy = Haproxy {
+        bin: args.haproxy.clone(),
+        config: args.config.clone(),
+        master_socket: args.master_socket.clone(),
+        env,
+    };
     for path in [&args.config, &args.master_socket, &args.runtime_socket] {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -91,7 +100,9 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
         Some(catalog) => {
             applier.apply(&applier.render(&catalog)?, false).await.context("first configuration")?;
         }
-        None if applier.adopt_existing().await => info!("Consul has not answered yet; starting with the configuration on disk"),
+        None if applier.adopt_existing().await => {
+            info!("Consul has not answered yet; starting with the configuration on disk")
+        }
         None => {
             warn!("Consul has not answered yet; starting with no routes");
             applier.apply(&applier.render(&Default::default())?, false).await.context("empty configuration")?;
@@ -99,7 +110,8 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
     }
 
     let (ready_tx, ready_rx) = channel::channel(false);
-    let supervisor = tokio::spawn(haproxy::supervise(haproxy, Duration::from_secs(args.grace), ready_tx, shutdown.clone()));
+    let supervisor =
+        tokio::spawn(haproxy::supervise(haproxy, Duration::from_secs(args.grace), ready_tx, shutdown.clone()));
     let applies = Arc::new(AtomicU64::new(0));
     sync::run(applier, rx, ready_rx, applies, shutdown.clone()).await;
     watcher.abort();
@@ -107,7 +119,12 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
     Ok(())
 }
 
-async fn once(args: &Args, applier: &mut Applier, rx: &mut channel::Receiver<Option<model::Catalog>>, shutdown: &CancellationToken) -> anyhow::Result<()> {
+async fn once(
+    args: &Args,
+    applier: &mut Applier,
+    rx: &mut channel::Receiver<Option<model::Catalog>>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
     loop {
         let catalog = tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
@@ -130,4 +147,3 @@ async fn once(args: &Args, applier: &mut Applier, rx: &mut channel::Receiver<Opt
         }
     }
 }
-

@@ -113,8 +113,13 @@ pub fn services(catalog: &Catalog) -> (Vec<Service>, Vec<Skipped>) {
     for (raw_name, instances) in &catalog.services {
         match service(raw_name, instances) {
             Ok(svc) => {
-                if let Some(other) = out.iter().find(|o| o.backend == svc.backend || (o.path == svc.path && o.host == svc.host)) {
-                    skipped.push(Skipped { service: raw_name.clone(), reason: format!("its route collides with service {:?}", other.name) });
+                if let Some(other) =
+                    out.iter().find(|o| o.backend == svc.backend || (o.path == svc.path && o.host == svc.host))
+                {
+                    skipped.push(Skipped {
+                        service: raw_name.clone(),
+                        reason: format!("its route collides with service {:?}", other.name),
+                    });
                 } else {
                     out.push(svc);
                 }
@@ -122,7 +127,13 @@ pub fn services(catalog: &Catalog) -> (Vec<Service>, Vec<Skipped>) {
             Err(reason) => skipped.push(Skipped { service: raw_name.clone(), reason }),
         }
     }
-    out.sort_by(|a, b| b.path.len().cmp(&a.path.len()).then_with(|| a.host.is_none().cmp(&b.host.is_none())).then_with(|| a.name.cmp(&b.name)));
+    out.sort_by(|a, b| {
+        b.path
+            .len()
+            .cmp(&a.path.len())
+            .then_with(|| a.host.is_none().cmp(&b.host.is_none()))
+            .then_with(|| a.name.cmp(&b.name))
+    });
     (out, skipped)
 }
 
@@ -142,9 +153,12 @@ fn service(raw_name: &str, instances: &[Instance]) -> Result<Service, String> {
     };
     let path = if path.len() > 1 { path.trim_end_matches('/').to_owned() } else { path };
     let path_prefix = if path == "/" { path.clone() } else { format!("{path}/") };
-    let strip = !matches!(setting(keys::STRIP).map(str::to_ascii_lowercase).as_deref(), Some("false" | "0" | "no" | "off"));
+    let strip =
+        !matches!(setting(keys::STRIP).map(str::to_ascii_lowercase).as_deref(), Some("false" | "0" | "no" | "off"));
     let host = match setting(keys::HOST) {
-        Some(h) if !h.is_empty() => Some(host_name(h).ok_or_else(|| format!("{} {h:?} is not a host name", keys::HOST))?),
+        Some(h) if !h.is_empty() => {
+            Some(host_name(h).ok_or_else(|| format!("{} {h:?} is not a host name", keys::HOST))?)
+        }
         _ => None,
     };
     let balance = match setting(keys::BALANCE) {
@@ -163,7 +177,8 @@ fn service(raw_name: &str, instances: &[Instance]) -> Result<Service, String> {
         if inst.port == 0 {
             continue;
         }
-        let weight = inst.meta.get(keys::WEIGHT).and_then(|w| w.trim().parse::<u16>().ok()).filter(|w| *w <= 256).unwrap_or(100);
+        let weight =
+            inst.meta.get(keys::WEIGHT).and_then(|w| w.trim().parse::<u16>().ok()).filter(|w| *w <= 256).unwrap_or(100);
         let mut server_name = identifier(&inst.id);
         if server_name.is_empty() || servers.iter().any(|s| s.name == server_name) {
             server_name = format!("{server_name}_{}", servers.len());
@@ -271,7 +286,14 @@ mod tests {
 
     #[test]
     fn meta_keys_shape_the_route() {
-        let meta = [(keys::PATH, "/api/v1/"), (keys::STRIP, "false"), (keys::HOST, "API.example.com"), (keys::BALANCE, "leastconn"), (keys::CHECK_PATH, "/health"), (keys::WEIGHT, "7")];
+        let meta = [
+            (keys::PATH, "/api/v1/"),
+            (keys::STRIP, "false"),
+            (keys::HOST, "API.example.com"),
+            (keys::BALANCE, "leastconn"),
+            (keys::CHECK_PATH, "/health"),
+            (keys::WEIGHT, "7"),
+        ];
         let (s, _) = services(&catalog(&[("api", vec![inst("a", "fd00::2", HealthStatus::Passing, &meta)])]));
         let s = &s[0];
         assert_eq!((s.path.as_str(), s.strip, s.host.as_deref()), ("/api/v1", false, Some("api.example.com")));
@@ -281,7 +303,12 @@ mod tests {
 
     #[test]
     fn hostile_settings_skip_only_that_service() {
-        for (key, value) in [(keys::PATH, "/x\n    server evil 1.2.3.4:80"), (keys::BALANCE, "roundrobin # x"), (keys::HOST, "a b"), (keys::CHECK_PATH, "/ok\"x")] {
+        for (key, value) in [
+            (keys::PATH, "/x\n    server evil 1.2.3.4:80"),
+            (keys::BALANCE, "roundrobin # x"),
+            (keys::HOST, "a b"),
+            (keys::CHECK_PATH, "/ok\"x"),
+        ] {
             let (s, skipped) = services(&catalog(&[
                 ("bad", vec![inst("a", "10.0.0.2", HealthStatus::Passing, &[(key, value)])]),
                 ("good", vec![inst("b", "10.0.0.3", HealthStatus::Passing, &[])]),
@@ -293,7 +320,10 @@ mod tests {
 
     #[test]
     fn names_and_ids_become_safe_identifiers() {
-        let (s, _) = services(&catalog(&[("he llo\n#x", vec![inst("id with \"quotes\"\nserver x", "10.0.0.2", HealthStatus::Passing, &[])])]));
+        let (s, _) = services(&catalog(&[(
+            "he llo\n#x",
+            vec![inst("id with \"quotes\"\nserver x", "10.0.0.2", HealthStatus::Passing, &[])],
+        )]));
         assert_eq!(s[0].name, "he_llo__x");
         assert!(s[0].servers[0].name.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)));
     }

@@ -87,7 +87,14 @@ mod tests {
 
     #[test]
     fn default_template_routes_each_service_by_prefix_and_strips_it() {
-        let inst = Instance { id: "x:1".into(), address: "10.0.0.2".into(), port: 8080, status: HealthStatus::Passing, tags: vec![], meta: Default::default() };
+        let inst = Instance {
+            id: "x:1".into(),
+            address: "10.0.0.2".into(),
+            port: 8080,
+            status: HealthStatus::Passing,
+            tags: vec![],
+            meta: Default::default(),
+        };
         let catalog = Catalog { services: [("hello".to_owned(), vec![inst])].into() };
         let text = Renderer::default_template().render(&config(&catalog)).unwrap();
         for needle in [

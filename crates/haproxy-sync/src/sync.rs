@@ -116,7 +116,8 @@ impl Applier {
                 let _ = std::fs::rename(&candidate, sibling(path, ".rejected"));
                 return Err(e.into());
             }
-            std::fs::rename(&candidate, path).map_err(|source| ApplyError::Write { path: path.display().to_string(), source })?;
+            std::fs::rename(&candidate, path)
+                .map_err(|source| ApplyError::Write { path: path.display().to_string(), source })?;
             self.in_force = Some(text.to_owned());
             self.reload_pending = true;
         } else if !self.reload_pending {
@@ -203,7 +204,12 @@ pub async fn run(
                 retry = false;
                 backoff.reset();
                 applies.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                info!(?applied, services = catalog.services.len(), elapsed_ms = started.elapsed().as_millis() as u64, "configuration applied");
+                info!(
+                    ?applied,
+                    services = catalog.services.len(),
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "configuration applied"
+                );
             }
             Err(ApplyError::Haproxy(e @ HaproxyError::Invalid(_))) => {
                 error!(error = %e, "HAProxy refused the new configuration; the one in force stays");

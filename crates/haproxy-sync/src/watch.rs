@@ -48,16 +48,30 @@ enum Update {
 }
 
 /// Runs until `shutdown`, publishing every complete, changed catalog on `tx`.
-pub async fn run(client: Client, opts: WatchOptions, tx: watch::Sender<Option<Catalog>>, stats: Arc<WatchStats>, shutdown: CancellationToken) {
+pub async fn run(
+    client: Client,
+    opts: WatchOptions,
+    tx: watch::Sender<Option<Catalog>>,
+    stats: Arc<WatchStats>,
+    shutdown: CancellationToken,
+) {
     let (updates_tx, mut updates) = mpsc::unbounded_channel();
-    let catalog_task = tokio::spawn(watch_catalog(client.clone(), opts.clone(), updates_tx.clone(), stats.clone(), shutdown.clone()));
+    let catalog_task =
+        tokio::spawn(watch_catalog(client.clone(), opts.clone(), updates_tx.clone(), stats.clone(), shutdown.clone()));
 
     let mut watches: HashMap<String, (CancellationToken, JoinHandle<()>)> = HashMap::new();
     let mut names: Option<HashSet<String>> = None;
     let mut instances: BTreeMap<String, Vec<Instance>> = BTreeMap::new();
     let start = |name: &str| {
         let token = shutdown.child_token();
-        let task = tokio::spawn(watch_service(client.clone(), name.to_owned(), opts.clone(), updates_tx.clone(), stats.clone(), token.clone()));
+        let task = tokio::spawn(watch_service(
+            client.clone(),
+            name.to_owned(),
+            opts.clone(),
+            updates_tx.clone(),
+            stats.clone(),
+            token.clone(),
+        ));
         (token, task)
     };
     loop {
@@ -124,7 +138,13 @@ fn apply(
     }
 }
 
-async fn watch_catalog(client: Client, opts: WatchOptions, tx: mpsc::UnboundedSender<Update>, stats: Arc<WatchStats>, shutdown: CancellationToken) {
+async fn watch_catalog(
+    client: Client,
+    opts: WatchOptions,
+    tx: mpsc::UnboundedSender<Update>,
+    stats: Arc<WatchStats>,
+    shutdown: CancellationToken,
+) {
     let mut index = 0;
     let mut backoff = Backoff::default();
     loop {
@@ -140,7 +160,12 @@ async fn watch_catalog(client: Client, opts: WatchOptions, tx: mpsc::UnboundedSe
                 }
                 backoff.reset();
                 if is_news(index, answer.index) {
-                    let names = answer.value.into_iter().filter(|(_, tags)| tags.iter().any(|t| *t == opts.tag)).map(|(n, _)| n).collect();
+                    let names = answer
+                        .value
+                        .into_iter()
+                        .filter(|(_, tags)| tags.contains(&opts.tag))
+                        .map(|(n, _)| n)
+                        .collect();
                     if tx.send(Update::Names(names)).is_err() {
                         return;
                     }
@@ -158,7 +183,14 @@ async fn watch_catalog(client: Client, opts: WatchOptions, tx: mpsc::UnboundedSe
     }
 }
 
-async fn watch_service(client: Client, name: String, opts: WatchOptions, tx: mpsc::UnboundedSender<Update>, stats: Arc<WatchStats>, shutdown: CancellationToken) {
+async fn watch_service(
+    client: Client,
+    name: String,
+    opts: WatchOptions,
+    tx: mpsc::UnboundedSender<Update>,
+    stats: Arc<WatchStats>,
+    shutdown: CancellationToken,
+) {
     let mut index = 0;
     let mut backoff = Backoff::default();
     loop {

@@ -2,6 +2,8 @@
 //! backends on loopback that echo which instance answered and what path
 //! reached it.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -233,7 +235,14 @@ async fn hostile_metadata_cannot_inject_directives() {
     let consul = TestConsul::start().await;
     let (a, b) = (backend().await, backend().await);
     register(&consul, "h-a", "hello", a, &[]).await;
-    register(&consul, "evil", "evil", b, &[("lb_path", "/x\n    server injected 127.0.0.1:1"), ("lb_weight", "1\nbind :1")]).await;
+    register(
+        &consul,
+        "evil",
+        "evil",
+        b,
+        &[("lb_path", "/x\n    server injected 127.0.0.1:1"), ("lb_weight", "1\nbind :1")],
+    )
+    .await;
     register(&consul, "evil\n    bind :2", "evil name\"#", b, &[]).await;
     let lb = Lb::start(&consul, &[]).await;
     lb.wait_ports("/hello", &[a]).await;

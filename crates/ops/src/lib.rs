@@ -47,7 +47,10 @@ pub fn go_style_args(cmd: &clap::Command, args: impl IntoIterator<Item = String>
     args.into_iter()
         .enumerate()
         .map(|(i, arg)| {
-            let name = arg.strip_prefix('-').filter(|rest| !rest.starts_with('-')).map(|rest| rest.split('=').next().unwrap_or(rest));
+            let name = arg
+                .strip_prefix('-')
+                .filter(|rest| !rest.starts_with('-'))
+                .map(|rest| rest.split('=').next().unwrap_or(rest));
             match name {
                 Some(name) if i > 0 && name.len() > 1 && longs.contains(&name) => format!("-{arg}"),
                 _ => arg,
@@ -62,9 +65,8 @@ mod tests {
 
     #[test]
     fn single_dash_long_flags_become_double_dash() {
-        let cmd = clap::Command::new("x")
-            .arg(clap::Arg::new("resync").long("resync"))
-            .arg(clap::Arg::new("v").short('v'));
+        let cmd =
+            clap::Command::new("x").arg(clap::Arg::new("resync").long("resync")).arg(clap::Arg::new("v").short('v'));
         let args = ["x", "-resync=5", "-v", "--resync", "-unknown", "consul://c:8500"].map(String::from);
         assert_eq!(go_style_args(&cmd, args), ["x", "--resync=5", "-v", "--resync", "-unknown", "consul://c:8500"]);
     }

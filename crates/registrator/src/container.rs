@@ -82,10 +82,7 @@ impl Container {
 
 /// Splits Docker's `KEY=value` environment list; entries without `=` are skipped.
 pub fn parse_env<'a>(env: impl IntoIterator<Item = &'a String>) -> BTreeMap<String, String> {
-    env.into_iter()
-        .filter_map(|kv| kv.split_once('='))
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect()
+    env.into_iter().filter_map(|kv| kv.split_once('=')).map(|(k, v)| (k.to_owned(), v.to_owned())).collect()
 }
 
 #[cfg(test)]

@@ -136,13 +136,9 @@ impl Registrar {
                 stopping.remove(id);
                 true
             }
-            "kill" => {
-                if signal.is_some_and(is_stop_signal) {
-                    stopping.insert(id.to_owned());
-                    true
-                } else {
-                    false
-                }
+            "kill" if signal.is_some_and(is_stop_signal) => {
+                stopping.insert(id.to_owned());
+                true
             }
             "die" | "destroy" => {
                 stopping.remove(id);
@@ -267,10 +263,7 @@ async fn reconcile_loop(
             })
         } else {
             let syncs = dirty.into_iter().map(|id| async move { registrar.sync_container(&id).await });
-            let results = stream::iter(syncs)
-                .buffer_unordered(16)
-                .collect::<Vec<_>>()
-                .await;
+            let results = stream::iter(syncs).buffer_unordered(16).collect::<Vec<_>>().await;
             results.into_iter().collect::<Result<Vec<()>, _>>().map(drop)
         };
         match result {

@@ -143,7 +143,9 @@ fn address(c: &Container, rules: &Rules, keys: &Keys, port: Port) -> Result<(IpA
     if let Some(net) = keys.get(port, "NETWORK").or(rules.network.as_deref()) {
         return match c.networks.get(net).and_then(|n| n.ip()) {
             Some(ip) => Ok((ip, port.number)),
-            None => Err(format!("not attached to network {net:?} (attached: {:?})", c.networks.keys().collect::<Vec<_>>())),
+            None => {
+                Err(format!("not attached to network {net:?} (attached: {:?})", c.networks.keys().collect::<Vec<_>>()))
+            }
         };
     }
     let on = |pred: &dyn Fn(&str) -> bool| c.networks.iter().filter(|(n, _)| pred(n)).find_map(|(_, a)| a.ip());
@@ -368,8 +370,11 @@ mod tests {
             running: true,
             env: settings.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             ports: ports.iter().map(|p| Port::parse(p).unwrap()).collect(),
-            networks: [("proj_default".to_owned(), NetworkAddress { ipv4: Some("172.20.0.5".parse().unwrap()), ipv6: None })]
-                .into(),
+            networks: [(
+                "proj_default".to_owned(),
+                NetworkAddress { ipv4: Some("172.20.0.5".parse().unwrap()), ipv6: None },
+            )]
+            .into(),
             ..Container::default()
         }
     }
@@ -410,7 +415,12 @@ mod tests {
     #[test]
     fn each_port_is_a_service_and_per_port_keys_win() {
         let c = container(
-            &[("SERVICE_NAME", "web"), ("SERVICE_443_NAME", "web-tls"), ("SERVICE_53_TAGS", "dns"), ("SERVICE_8080_IGNORE", "1")],
+            &[
+                ("SERVICE_NAME", "web"),
+                ("SERVICE_443_NAME", "web-tls"),
+                ("SERVICE_53_TAGS", "dns"),
+                ("SERVICE_8080_IGNORE", "1"),
+            ],
             &["80/tcp", "443/tcp", "53/udp", "8080/tcp"],
         );
         let d = desired(&c, &rules());
@@ -445,7 +455,15 @@ mod tests {
 
     #[test]
     fn other_service_keys_become_meta_and_per_port_meta_wins() {
-        let c = container(&[("SERVICE_NAME", "h"), ("SERVICE_VERSION", "1"), ("SERVICE_80_VERSION", "2"), ("SERVICE_REGISTRATOR_OWNER", "evil")], &["80/tcp"]);
+        let c = container(
+            &[
+                ("SERVICE_NAME", "h"),
+                ("SERVICE_VERSION", "1"),
+                ("SERVICE_80_VERSION", "2"),
+                ("SERVICE_REGISTRATOR_OWNER", "evil"),
+            ],
+            &["80/tcp"],
+        );
         let s = &desired(&c, &rules()).services[0];
         assert_eq!(s.meta["version"], "2");
         assert_eq!(s.meta[OWNER_META], "dockerhost");
@@ -453,7 +471,10 @@ mod tests {
 
     #[test]
     fn http_check_aims_at_the_registered_address_and_ipv6_gets_brackets() {
-        let mut c = container(&[("SERVICE_NAME", "h"), ("SERVICE_CHECK_HTTP", "/health"), ("SERVICE_CHECK_INTERVAL", "2s")], &["80/tcp"]);
+        let mut c = container(
+            &[("SERVICE_NAME", "h"), ("SERVICE_CHECK_HTTP", "/health"), ("SERVICE_CHECK_INTERVAL", "2s")],
+            &["80/tcp"],
+        );
         let s = &desired(&c, &rules()).services[0];
         assert_eq!(s.checks[0].http.as_deref(), Some("http://172.20.0.5:80/health"));
         assert_eq!(s.checks[0].interval.as_deref(), Some("2s"));
@@ -465,7 +486,10 @@ mod tests {
 
     #[test]
     fn bad_check_values_refuse_that_port_with_a_reason() {
-        let c = container(&[("SERVICE_NAME", "h"), ("SERVICE_CHECK_HTTP", "/x"), ("SERVICE_CHECK_INTERVAL", "soon")], &["80/tcp"]);
+        let c = container(
+            &[("SERVICE_NAME", "h"), ("SERVICE_CHECK_HTTP", "/x"), ("SERVICE_CHECK_INTERVAL", "soon")],
+            &["80/tcp"],
+        );
         let d = desired(&c, &rules());
         assert!(d.services.is_empty());
         assert!(d.problems[0].contains("CHECK_INTERVAL"), "{:?}", d.problems);

@@ -2,6 +2,8 @@
 //! Containers are `debian:trixie-slim` (made by scripts/base-images)
 //! running `sleep`, on a network of the test's own.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,7 +41,7 @@ impl Scene {
         all.push(IMAGE);
         all.extend_from_slice(if cmd.is_empty() { &["sleep", "infinity"] } else { cmd });
         let id = docker(&all);
-        self.containers.push(name.clone());
+        self.containers.push(name);
         id
     }
 
@@ -159,7 +161,11 @@ async fn deregisters_when_asked_to_stop_before_the_container_exits() {
     let env = format!("SERVICE_NAME={name}");
     // Takes 3 s to exit after SIGTERM, as a server draining its requests.
     let cname = format!("{}-s", scene.tag);
-    scene.run("s", &["-e", &env, "--expose", "80"], &["sh", "-c", "trap 'sleep 3; exit 0' TERM; sleep infinity & wait; sleep 3"]);
+    scene.run(
+        "s",
+        &["-e", &env, "--expose", "80"],
+        &["sh", "-c", "trap 'sleep 3; exit 0' TERM; sleep infinity & wait; sleep 3"],
+    );
     wait_count(&consul, &name, 1).await;
 
     let stopper = std::thread::spawn({
@@ -189,7 +195,10 @@ async fn removes_stale_services_it_owns_and_keeps_everyone_elses() {
     };
     client.register(&stale("ours", &owner)).await.unwrap();
     client.register(&stale("theirs", "another-host")).await.unwrap();
-    client.register(&Registration { id: "manual".into(), name: "ghost".into(), port: 1, ..Registration::default() }).await.unwrap();
+    client
+        .register(&Registration { id: "manual".into(), name: "ghost".into(), port: 1, ..Registration::default() })
+        .await
+        .unwrap();
 
     let reg = start_registrator(&consul, &scene, None);
     let left = wait_count(&consul, "ghost", 2).await;

@@ -61,7 +61,8 @@ impl TestConsul {
     }
 
     pub fn client(&self) -> consul::Client {
-        let settings = consul::Settings { base: Some(consul::address::parse(&self.url()).expect("url")), ..Default::default() };
+        let settings =
+            consul::Settings { base: Some(consul::address::parse(&self.url()).expect("url")), ..Default::default() };
         consul::Client::new(&settings).expect("client")
     }
 
@@ -113,7 +114,20 @@ fn spawn(node: &str, ports: Option<(SocketAddr, SocketAddr)>, extra: &[String]) 
         free_port()
     );
     let child = Command::new("consul")
-        .args(["agent", "-dev", "-bind", "127.0.0.1", "-client", "127.0.0.1", "-node", node, "-log-level", "warn", "-hcl", &hcl])
+        .args([
+            "agent",
+            "-dev",
+            "-bind",
+            "127.0.0.1",
+            "-client",
+            "127.0.0.1",
+            "-node",
+            node,
+            "-log-level",
+            "warn",
+            "-hcl",
+            &hcl,
+        ])
         .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::null())

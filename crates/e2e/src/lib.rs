@@ -1,0 +1,195 @@
+//! Drives the compose stack (`compose/docker-compose.yml`) as a user would:
+//! `docker compose up`, `--scale`, requests through HAProxy, DNS queries to
+//! Consul. Each [`Stack`] is a compose project of its own on free host ports,
+//! torn down when dropped, so it never touches a stack the user runs.
+#![forbid(unsafe_code)]
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use testkit::free_port;
+
+/// One compose project of the stack.
+pub struct Stack {
+    pub project: String,
+    pub http_port: u16,
+    pub stats_port: u16,
+    pub consul_port: u16,
+    pub dns_port: u16,
+    http: reqwest::Client,
+}
+
+/// The outcome of one request through HAProxy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    /// 2xx from an instance: its hostname.
+    Host(String),
+    /// Any other status.
+    Status(u16),
+    /// No HTTP answer at all (refused, reset, timeout).
+    Failed(String),
+}
+
+fn compose_file() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../compose/docker-compose.yml")
+}
+
+impl Stack {
+    /// A stack named `portolan-<name>` with free host ports (not yet up).
+    pub fn new(name: &str) -> Self {
+        Self {
+            project: format!("portolan-{name}"),
+            http_port: free_port(),
+            stats_port: free_port(),
+            consul_port: free_port(),
+            dns_port: free_port(),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(5))
+                // One connection per request, as curl makes.
+                .pool_max_idle_per_host(0)
+                .build()
+                .expect("http client"),
+        }
+    }
+
+    /// Runs `docker compose <args>` for this project; panics with its output on failure.
+    pub fn compose(&self, args: &[&str]) -> Output {
+        let out = self.compose_command(args).output().expect("run docker compose");
+        assert!(
+            out.status.success(),
+            "docker compose {args:?} failed: {}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    fn compose_command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new("docker");
+        cmd.arg("compose").arg("-p").arg(&self.project).arg("-f").arg(compose_file()).args(args);
+        cmd.env("HTTP_PORT", self.http_port.to_string())
+            .env("STATS_PORT", self.stats_port.to_string())
+            .env("CONSUL_PORT", self.consul_port.to_string())
+            .env("CONSUL_DNS_PORT", self.dns_port.to_string());
+        cmd
+    }
+
+    /// `docker compose up -d --wait` with `hello` scaled to `n`.
+    pub fn up(&self, hello: usize) {
+        self.compose(&["up", "-d", "--wait", "--scale", &format!("hello={hello}")]);
+    }
+
+    /// The hostnames (container IDs, shortened) of the running `hello` instances.
+    pub fn hello_hostnames(&self) -> BTreeSet<String> {
+        let out = self.compose(&["ps", "-q", "hello"]);
+        String::from_utf8_lossy(&out.stdout).lines().map(|id| id.chars().take(12).collect()).collect()
+    }
+
+    /// One `GET <path>` through HAProxy.
+    pub async fn get(&self, path: &str) -> Answer {
+        get(&self.http, self.http_port, path).await
+    }
+
+    /// Sends requests to `path` one after another until the returned load is stopped.
+    pub fn load(&self, path: &str) -> Load {
+        let (http, port, path) = (self.http.clone(), self.http_port, path.to_owned());
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let task = tokio::spawn(async move {
+            let mut report = LoadReport::default();
+            while !flag.load(Ordering::Relaxed) {
+                match get(&http, port, &path).await {
+                    Answer::Host(_) => report.ok += 1,
+                    failure => report.failed.push(failure),
+                }
+            }
+            report
+        });
+        Load { stop, task }
+    }
+
+    /// The distinct hostnames answering `n` requests to `/hello`, or the first failure.
+    pub async fn hostnames(&self, n: usize) -> Result<BTreeSet<String>, String> {
+        let mut seen = BTreeSet::new();
+        for _ in 0..n {
+            match self.get("/hello").await {
+                Answer::Host(h) => {
+                    seen.insert(h);
+                }
+                other => return Err(format!("{other:?}")),
+            }
+        }
+        Ok(seen)
+    }
+
+    /// The SRV records Consul's DNS gives for `name`, as `(port, target)`.
+    pub fn srv(&self, name: &str) -> Vec<(u16, String)> {
+        let out = Command::new("dig")
+            .args(["@127.0.0.1", "-p", &self.dns_port.to_string(), "+short", "+time=2", "+tries=1"])
+            .arg(format!("{name}.service.consul"))
+            .arg("SRV")
+            .output()
+            .expect("run dig (scripts/install-deps installs it)");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|line| {
+                // priority weight port target
+                let f: Vec<&str> = line.split_whitespace().collect();
+                (f.len() == 4).then(|| Some((f[2].parse().ok()?, f[3].to_string()))).flatten()
+            })
+            .collect()
+    }
+
+    /// The logs of every service, for failure messages.
+    pub fn logs(&self) -> String {
+        self.compose_command(&["logs", "--no-color", "--tail", "60"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    }
+}
+
+/// Requests sent by [`Stack::load`], running until [`Load::stop`].
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<LoadReport>,
+}
+
+/// What a [`Load`] saw.
+#[derive(Debug, Default)]
+pub struct LoadReport {
+    pub ok: usize,
+    pub failed: Vec<Answer>,
+}
+
+impl Load {
+    pub async fn stop(self) -> LoadReport {
+        self.stop.store(true, Ordering::Relaxed);
+        self.task.await.expect("load task")
+    }
+}
+
+async fn get(http: &reqwest::Client, port: u16, path: &str) -> Answer {
+    let url = format!("http://127.0.0.1:{port}{path}");
+    match http.get(url).send().await {
+        Err(e) => Answer::Failed(e.to_string()),
+        Ok(resp) if !resp.status().is_success() => Answer::Status(resp.status().as_u16()),
+        Ok(resp) => match resp.json::<serde_json::Value>().await {
+            Ok(body) => Answer::Host(body["hostname"].as_str().unwrap_or_default().to_string()),
+            Err(e) => Answer::Failed(e.to_string()),
+        },
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- logs of {} ---\n{}", self.project, self.logs());
+        }
+        let _ = self.compose_command(&["down", "-v", "--remove-orphans", "-t", "5"]).output();
+    }
+}
