@@ -18,6 +18,8 @@ pub struct Settings {
     /// PEM files of a client certificate and its key, for mutual TLS.
     pub client_cert: Option<PathBuf>,
     pub client_key: Option<PathBuf>,
+    /// Unix socket the HTTP API listens on (`consul-unix://`), instead of TCP.
+    pub unix_socket: Option<PathBuf>,
 }
 
 impl Settings {
@@ -31,11 +33,9 @@ impl Settings {
 ///
 /// - `consul://host:port` and `consul-tls://host:port` (Registrator's URIs),
 /// - `http://host:port`, `https://host:port` and bare `host:port`
-///   (`CONSUL_HTTP_ADDR`).
-///
-/// `consul-unix://` and `unix://` are refused with a clear error: this
-/// client speaks TCP only.
-pub fn parse(addr: &str) -> Result<Url, Error> {
+///   (`CONSUL_HTTP_ADDR`),
+/// - `consul-unix:///path/to/socket` and `unix:///path/to/socket`.
+pub fn parse(addr: &str) -> Result<Endpoint, Error> {
     let bad = |reason: &str| Error::Address { addr: addr.to_owned(), reason: reason.to_owned() };
     let addr_trimmed = addr.trim();
     if addr_trimmed.is_empty() {
@@ -44,8 +44,12 @@ pub fn parse(addr: &str) -> Result<Url, Error> {
     let (scheme, rest) = match addr_trimmed.split_once("://") {
         Some(("consul" | "http", rest)) => ("http", rest),
         Some(("consul-tls" | "https", rest)) => ("https", rest),
-        Some(("consul-unix" | "unix", _)) => {
-            return Err(bad("unix sockets are not supported; use consul://host:port"));
+        Some(("consul-unix" | "unix", path)) => {
+            if !path.starts_with('/') || path.len() < 2 {
+                return Err(bad("expected an absolute socket path, as in consul-unix:///run/consul/http.sock"));
+            }
+            let url = Url::parse("http://consul/").expect("static URL parses");
+            return Ok(Endpoint { url, unix_socket: Some(PathBuf::from(path)) });
         }
         Some((other, _)) => return Err(bad(&format!("unknown scheme {other:?}"))),
         None => ("http", addr_trimmed),
@@ -61,7 +65,15 @@ pub fn parse(addr: &str) -> Result<Url, Error> {
     if url.port().is_none() {
         url.set_port(Some(8500)).map_err(|()| bad("cannot set port"))?;
     }
-    Ok(url)
+    Ok(Endpoint { url, unix_socket: None })
+}
+
+/// A parsed Consul address: the base URL of the API and, for
+/// `consul-unix://`, the socket every request goes through.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Endpoint {
+    pub url: Url,
+    pub unix_socket: Option<PathBuf>,
 }
 
 #[cfg(test)]
@@ -70,21 +82,24 @@ mod tests {
 
     #[test]
     fn registrator_uris_map_to_http_and_https() {
-        assert_eq!(parse("consul://consul:8500").unwrap().as_str(), "http://consul:8500/");
-        assert_eq!(parse("consul-tls://c.example:8501").unwrap().as_str(), "https://c.example:8501/");
+        assert_eq!(parse("consul://consul:8500").unwrap().url.as_str(), "http://consul:8500/");
+        assert_eq!(parse("consul-tls://c.example:8501").unwrap().url.as_str(), "https://c.example:8501/");
+        let unix = parse("consul-unix:///var/run/consul.sock").unwrap();
+        assert_eq!(unix.unix_socket.as_deref(), Some(std::path::Path::new("/var/run/consul.sock")));
     }
 
     #[test]
     fn consul_http_addr_forms_are_accepted() {
-        assert_eq!(parse("127.0.0.1:8500").unwrap().as_str(), "http://127.0.0.1:8500/");
-        assert_eq!(parse("https://[::1]:8501/").unwrap().as_str(), "https://[::1]:8501/");
-        assert_eq!(parse("http://consul").unwrap().as_str(), "http://consul:8500/");
+        assert_eq!(parse("127.0.0.1:8500").unwrap().url.as_str(), "http://127.0.0.1:8500/");
+        assert_eq!(parse("https://[::1]:8501/").unwrap().url.as_str(), "https://[::1]:8501/");
+        assert_eq!(parse("http://consul").unwrap().url.as_str(), "http://consul:8500/");
+        assert_eq!(parse("unix:///run/c.sock").unwrap().unix_socket.unwrap().to_str(), Some("/run/c.sock"));
     }
 
     #[test]
     fn unsupported_or_malformed_addresses_are_refused_with_the_reason() {
-        let err = parse("consul-unix:///var/run/consul.sock").unwrap_err().to_string();
-        assert!(err.contains("unix sockets are not supported"), "{err}");
+        let err = parse("consul-unix://relative.sock").unwrap_err().to_string();
+        assert!(err.contains("absolute socket path"), "{err}");
         assert!(parse("ftp://x:1").unwrap_err().to_string().contains("unknown scheme"));
         assert!(parse("").is_err());
         assert!(parse("consul://host:8500/v1").is_err());
@@ -96,7 +111,7 @@ mod tests {
 /// workspace reads to reach Consul, with the names Consul's own CLI uses.
 #[derive(Clone, Debug, clap::Args)]
 pub struct ConsulArgs {
-    /// Consul agent: consul://host:port, consul-tls://host:port, http(s)://host:port or host:port.
+    /// Consul agent: consul://host:port, consul-tls://host:port, consul-unix:///socket, http(s)://host:port or host:port.
     #[arg(env = "CONSUL_HTTP_ADDR", value_name = "CONSUL_URI", default_value = "consul://127.0.0.1:8500")]
     pub consul: String,
     /// ACL token for Consul.
@@ -129,8 +144,10 @@ impl ConsulArgs {
             ),
             (None, None) => None,
         };
+        let endpoint = parse(&self.consul)?;
         Ok(Settings {
-            base: Some(parse(&self.consul)?),
+            base: Some(endpoint.url),
+            unix_socket: endpoint.unix_socket,
             token,
             ca_cert: self.ca_cert.clone(),
             client_cert: self.client_cert.clone(),

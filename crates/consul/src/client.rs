@@ -82,6 +82,9 @@ impl Client {
                 ));
             }
         }
+        if let Some(socket) = &settings.unix_socket {
+            builder = builder.unix_socket(socket.as_path());
+        }
         let http = builder.build().map_err(|e| Error::Tls(e.to_string()))?;
         Ok(Self { http, base: settings.base_url(), token: settings.token.clone().filter(|t| !t.is_empty()) })
     }
@@ -124,6 +127,13 @@ impl Client {
     pub async fn deregister(&self, id: &str) -> Result<(), Error> {
         let path = format!("v1/agent/service/deregister/{}", encode(id));
         self.ok(self.request(Method::PUT, &path)).await
+    }
+
+    /// Sets the status of a TTL check (`passing`, `warning` or `critical`).
+    pub async fn update_ttl(&self, check_id: &str, status: &str, output: &str) -> Result<(), Error> {
+        let path = format!("v1/agent/check/update/{}", encode(check_id));
+        let body = serde_json::json!({ "Status": status, "Output": output });
+        self.ok(self.request(Method::PUT, &path).json(&body)).await
     }
 
     /// Service names and their tags, as a blocking query from `index`.

@@ -26,6 +26,13 @@ pub struct Registration {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct Check {
+    /// Unique per agent; Consul derives one from the service ID when absent.
+    #[serde(rename = "CheckID", skip_serializing_if = "Option::is_none")]
+    pub check_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub notes: Option<String>,
     #[serde(rename = "HTTP", skip_serializing_if = "Option::is_none")]
     pub http: Option<String>,
     #[serde(rename = "TCP", skip_serializing_if = "Option::is_none")]

@@ -160,12 +160,8 @@ async fn watch_catalog(
                 }
                 backoff.reset();
                 if is_news(index, answer.index) {
-                    let names = answer
-                        .value
-                        .into_iter()
-                        .filter(|(_, tags)| tags.contains(&opts.tag))
-                        .map(|(n, _)| n)
-                        .collect();
+                    let names =
+                        answer.value.into_iter().filter(|(_, tags)| tags.contains(&opts.tag)).map(|(n, _)| n).collect();
                     if tx.send(Update::Names(names)).is_err() {
                         return;
                     }

@@ -5,7 +5,10 @@
 //! - [`LogFormat`] and [`init_tracing`]: human or JSON logs, filtered by `RUST_LOG`.
 //! - [`shutdown_signal`]: resolves on SIGTERM or SIGINT.
 //! - [`go_style_args`]: accepts Go-style `-flag` spellings of long flags.
+//! - [`admin`]: the `/metrics` and `/health` endpoint.
 #![forbid(unsafe_code)]
+
+pub mod admin;
 
 use tracing_subscriber::EnvFilter;
 

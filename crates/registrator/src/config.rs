@@ -41,6 +41,27 @@ pub struct Args {
     /// Owner mark and service-ID prefix; default: the Docker engine's host name.
     #[arg(long, env = "REGISTRATOR_OWNER")]
     pub owner: Option<String>,
+    /// When an exiting container is deregistered: always, or on-success (a
+    /// crashed container stays registered, its checks failing, until removed).
+    #[arg(long, value_enum, default_value = "always")]
+    pub deregister: crate::Deregister,
+    /// Remove services of containers that are gone. Always done for the
+    /// services this registrator owns; accepted for compatibility.
+    #[arg(long)]
+    pub cleanup: bool,
+    /// Attempts to reach Consul at start before giving up (-1: never give up).
+    #[arg(long, default_value_t = -1, allow_negative_numbers = true, value_name = "N")]
+    pub retry_attempts: i64,
+    /// Milliseconds between those attempts.
+    #[arg(long, default_value_t = 2000, value_name = "MS")]
+    pub retry_interval: u64,
+    /// Seconds between checks that Consul still holds every registered
+    /// service, e.g. after an agent restart (0: never).
+    #[arg(long, default_value_t = 2, value_name = "SECONDS")]
+    pub verify: u64,
+    /// Address of /metrics and /health (empty: not served).
+    #[arg(long, env = "METRICS_ADDR", default_value = "0.0.0.0:9090")]
+    pub metrics_addr: ops::admin::AdminAddr,
     /// Log format.
     #[arg(long, value_enum, default_value = "text", env = "LOG_FORMAT")]
     pub log_format: ops::LogFormat,

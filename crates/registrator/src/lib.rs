@@ -14,8 +14,9 @@
 pub mod config;
 pub mod container;
 pub mod docker;
+pub mod metrics;
 pub mod registrar;
 pub mod service;
 
-pub use registrar::{Options, Registrar, Report, run};
+pub use registrar::{Deregister, Options, Registrar, Report, run};
 pub use service::Rules;

@@ -3,6 +3,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use consul::Backoff;
+use prometheus_client::registry::Registry;
 use registrator::config::Args;
 use registrator::docker::Engine;
 use registrator::{Options, Registrar, Rules};
@@ -47,6 +48,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             }
         }
     };
+    wait_for_consul(&consul, args.retry_attempts, Duration::from_millis(args.retry_interval), &shutdown).await?;
     let own_networks = own_networks(&engine).await;
     let rules = Rules {
         owner: args.owner.clone().unwrap_or(host),
@@ -59,11 +61,51 @@ async fn run(args: Args) -> anyhow::Result<()> {
         ip_from_label: args.use_ip_from_label.clone(),
     };
     info!(consul = %consul.base(), owner = %rules.owner, networks = ?rules.own_networks, "registrator starting");
-    let registrar = Arc::new(Registrar::new(consul, engine, rules));
-    let resync_every = (args.resync > 0).then(|| Duration::from_secs(args.resync));
-    registrator::run(registrar, Options { resync_every }, shutdown).await;
+    let registrar = Arc::new(Registrar::new(consul, engine, rules).with_deregister(args.deregister));
+    if let Some(addr) = args.metrics_addr.0 {
+        let mut registry = Registry::with_prefix("registrator");
+        registrar.metrics().register(&mut registry);
+        let health = {
+            let registrar = registrar.clone();
+            Arc::new(move || registrar.health()) as ops::admin::HealthCheck
+        };
+        ops::admin::serve(addr, Arc::new(registry), health, shutdown.clone())
+            .await
+            .with_context(|| format!("serving /metrics on {addr}"))?;
+    }
+    let every = |secs: u64| (secs > 0).then(|| Duration::from_secs(secs));
+    let opts = Options { resync_every: every(args.resync), verify_every: every(args.verify) };
+    registrator::run(registrar, opts, shutdown).await;
     info!("registrator stopped");
     Ok(())
+}
+
+/// Waits until Consul answers (`attempts` < 0: forever), as Go
+/// Registrator's `-retry-attempts` and `-retry-interval` do.
+async fn wait_for_consul(
+    consul: &consul::Client,
+    attempts: i64,
+    interval: Duration,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    let mut tried = 0i64;
+    loop {
+        match consul.leader().await {
+            Ok(_) => return Ok(()),
+            Err(e) if e.is_forbidden() => anyhow::bail!("Consul refused the token: {e}"),
+            Err(e) => {
+                tried += 1;
+                if attempts >= 0 && tried > attempts {
+                    anyhow::bail!("Consul not reachable after {tried} attempts: {e}");
+                }
+                warn!(error = %e, attempt = tried, "Consul not reachable yet; retrying");
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => anyhow::bail!("stopped while waiting for Consul"),
+            _ = tokio::time::sleep(interval) => {}
+        }
+    }
 }
 
 /// The networks of registrator's own container, when it runs in one: the

@@ -49,6 +49,7 @@ pub struct Desired {
 const KNOWN_KEYS: &[&str] = &["NAME", "TAGS", "ID", "IGNORE", "NETWORK"];
 const MAX_META_VALUE: usize = 512;
 const MAX_NAME: usize = 63;
+const MAX_TAG: usize = 256;
 
 /// The services `c` asks for under `rules`. A container that is not running
 /// asks for none.
@@ -120,7 +121,8 @@ fn service(c: &Container, rules: &Rules, keys: &Keys, port: Port, many: bool) ->
     meta.insert(OWNER_META.into(), rules.owner.clone());
     meta.insert(CONTAINER_META.into(), c.id.clone());
 
-    let checks = check(keys, port, ip, svc_port)?.into_iter().collect();
+    let mut checks: Vec<Check> = check(keys, port, ip, svc_port)?.into_iter().collect();
+    checks.extend(docker_health(c, &id));
     Ok(Some(Registration { id, name, tags, address: ip.to_string(), port: svc_port, meta, checks }))
 }
 
@@ -190,7 +192,11 @@ fn check(keys: &Keys, port: Port, ip: IpAddr, svc_port: u16) -> Result<Option<Ch
     } else if let Some(ttl) = get("TTL") {
         check.ttl = Some(duration(ttl, "CHECK_TTL")?);
     } else if let Some(cmd) = get("CMD").or(get("SCRIPT")) {
-        check.args = cmd.split_whitespace().map(str::to_owned).collect();
+        // An argument vector, split as a shell would, never run by a shell.
+        check.args = shell_words::split(cmd).map_err(|e| format!("CHECK_CMD {cmd:?}: {e}"))?;
+        if check.args.is_empty() {
+            return Err("CHECK_CMD is empty".into());
+        }
     } else {
         return Ok(None);
     }
@@ -208,6 +214,39 @@ fn check(keys: &Keys, port: Port, ip: IpAddr, svc_port: u16) -> Result<Option<Ch
     check.tls_skip_verify = truthy(get("TLS_SKIP_VERIFY"));
     Ok(Some(check))
 }
+
+/// Docker's own health verdict, where the container defines a healthcheck,
+/// as a Consul check registrator keeps current: `healthy` is passing,
+/// `starting` and `unhealthy` are critical, so no traffic reaches an
+/// instance Docker does not call healthy.
+fn docker_health(c: &Container, service_id: &str) -> Option<Check> {
+    let (status, notes) = match c.health.as_deref()? {
+        "healthy" => ("passing", "Docker reports the container healthy"),
+        "starting" => ("critical", "Docker's healthcheck has not passed yet"),
+        "unhealthy" => ("critical", "Docker reports the container unhealthy"),
+        _ => return None,
+    };
+    Some(Check {
+        check_id: Some(format!("{service_id}{DOCKER_HEALTH_SUFFIX}")),
+        name: Some("Docker health".into()),
+        notes: Some(notes.into()),
+        // Registrator sets the status on every health event; the TTL only
+        // marks the check critical if registrator stops for that long.
+        ttl: Some(DOCKER_HEALTH_TTL.into()),
+        status: Some(status.into()),
+        ..Check::default()
+    })
+}
+
+/// Whether a check ID is that of a Docker-health check.
+pub fn is_docker_health(check_id: &str) -> bool {
+    check_id.ends_with(DOCKER_HEALTH_SUFFIX)
+}
+
+const DOCKER_HEALTH_SUFFIX: &str = ":docker-health";
+
+/// How long a Docker health verdict stands without registrator refreshing it.
+pub const DOCKER_HEALTH_TTL: &str = "720h";
 
 /// Turns a requested service name into one Consul and DNS accept: ASCII
 /// letters, digits and dashes, lowercase, at most 63 characters. Any other
@@ -245,7 +284,7 @@ pub fn split_tags(raw: &str) -> Vec<String> {
             ch => tags.last_mut().expect("never empty").push(ch),
         }
     }
-    tags.into_iter().map(|t| t.trim().to_owned()).filter(|t| !t.is_empty()).collect()
+    tags.into_iter().map(|t| t.trim().chars().take(MAX_TAG).collect::<String>()).filter(|t| !t.is_empty()).collect()
 }
 
 fn clean_id(id: &str) -> Result<String, String> {
@@ -522,5 +561,40 @@ mod tests {
         assert!(desired(&c, &rules()).problems[0].contains("not attached to network \"backend\""));
         c.networks.insert("backend".into(), NetworkAddress { ipv4: Some("10.9.0.2".parse().unwrap()), ipv6: None });
         assert_eq!(desired(&c, &rules()).services[0].address, "10.9.0.2");
+    }
+
+    #[test]
+    fn docker_health_becomes_a_check_that_only_healthy_passes() {
+        let mut c = container(&[("SERVICE_NAME", "h")], &["80/tcp"]);
+        assert!(desired(&c, &rules()).services[0].checks.is_empty(), "no healthcheck, no check");
+        for (docker, consul) in [("starting", "critical"), ("healthy", "passing"), ("unhealthy", "critical")] {
+            c.health = Some(docker.into());
+            let s = &desired(&c, &rules()).services[0];
+            let check = &s.checks[0];
+            assert_eq!(check.status.as_deref(), Some(consul), "{docker}");
+            assert_eq!(check.check_id.as_deref(), Some("dockerhost:proj-hello-1:80:docker-health"));
+            assert!(check.ttl.is_some());
+        }
+    }
+
+    #[test]
+    fn check_commands_are_argument_vectors_split_as_a_shell_would() {
+        let c = container(
+            &[("SERVICE_NAME", "h"), ("SERVICE_CHECK_CMD", r#"/bin/check --url "http://x/a b""#)],
+            &["80/tcp"],
+        );
+        let s = &desired(&c, &rules()).services[0];
+        assert_eq!(s.checks[0].args, ["/bin/check", "--url", "http://x/a b"]);
+        let c = container(&[("SERVICE_NAME", "h"), ("SERVICE_CHECK_CMD", r#"/bin/check "unclosed"#)], &["80/tcp"]);
+        assert!(desired(&c, &rules()).problems[0].contains("CHECK_CMD"));
+    }
+
+    #[test]
+    fn hostile_tags_lose_control_characters_and_length() {
+        let huge = "x".repeat(10_000);
+        let raw = format!("a\nb, c\\,d ,,{huge}");
+        let tags = split_tags(&raw);
+        assert_eq!(tags[..2], ["ab", "c,d"]);
+        assert_eq!(tags[2].len(), MAX_TAG);
     }
 }

@@ -8,10 +8,10 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use consul::{AgentService, Registration};
+use consul::{AgentService, HealthStatus, Registration};
 use registrator::docker::Engine;
 use registrator::service::{CONTAINER_META, OWNER_META};
-use registrator::{Options, Registrar, Rules};
+use registrator::{Deregister, Options, Registrar, Rules};
 use testkit::{TestConsul, eventually, free_port};
 use tokio_util::sync::CancellationToken;
 
@@ -83,12 +83,37 @@ impl Running {
 }
 
 fn start_registrator(consul: &TestConsul, scene: &Scene, resync: Option<Duration>) -> Running {
+    let opts = Options { resync_every: resync, verify_every: None };
+    start_registrator_with(consul, scene, opts, Deregister::Always).0
+}
+
+fn start_registrator_with(
+    consul: &TestConsul,
+    scene: &Scene,
+    opts: Options,
+    deregister: Deregister,
+) -> (Running, Arc<Registrar>) {
     let owner = format!("{}-host", scene.tag);
     let rules = Rules { owner: owner.clone(), own_networks: vec![scene.network.clone()], ..Rules::default() };
-    let registrar = Arc::new(Registrar::new(consul.client(), Engine::connect().expect("docker"), rules));
+    let registrar =
+        Registrar::new(consul.client(), Engine::connect().expect("docker"), rules).with_deregister(deregister);
+    let registrar = Arc::new(registrar);
     let shutdown = CancellationToken::new();
-    let task = tokio::spawn(registrator::run(registrar, Options { resync_every: resync }, shutdown.clone()));
-    Running { shutdown, task, owner }
+    let task = tokio::spawn(registrator::run(registrar.clone(), opts, shutdown.clone()));
+    (Running { shutdown, task, owner }, registrar)
+}
+
+/// The value of one sample in Prometheus text.
+fn metric(text: &str, sample: &str) -> f64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(sample).and_then(|rest| rest.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no sample {sample}"))
+}
+
+async fn health_of(consul: &TestConsul, name: &str) -> Vec<HealthStatus> {
+    let entries = consul.client().health_service(name, 0, Duration::ZERO).await.expect("health");
+    entries.value.iter().map(|e| e.status()).collect()
 }
 
 async fn services_named(consul: &TestConsul, name: &str) -> Vec<AgentService> {
@@ -213,11 +238,81 @@ async fn reregisters_everything_when_consul_comes_back_empty() {
     let name = scene.service("keep");
     let env = format!("SERVICE_NAME={name}");
     scene.run("a", &["-e", &env, "--expose", "80"], &[]);
-    let reg = start_registrator(&consul, &scene, Some(Duration::from_secs(1)));
+    // No periodic resync: noticing the loss is the verify check's job.
+    let opts = Options { resync_every: None, verify_every: Some(Duration::from_millis(300)) };
+    let (reg, _) = start_registrator_with(&consul, &scene, opts, Deregister::Always);
     wait_count(&consul, &name, 1).await;
 
     consul.restart().await;
     assert!(services_named(&consul, &name).await.is_empty(), "a restarted dev agent starts empty");
     wait_count(&consul, &name, 1).await;
+    reg.stop().await;
+}
+
+#[tokio::test]
+async fn docker_health_decides_the_consul_check() {
+    let consul = TestConsul::start().await;
+    let mut scene = Scene::new();
+    let name = scene.service("doc");
+    let env = format!("SERVICE_NAME={name}");
+    let health = ["--health-cmd", "test -f /tmp/ok", "--health-interval", "500ms", "--health-retries", "1"];
+    let mut args = vec!["-e", env.as_str(), "--expose", "80"];
+    args.extend(health);
+    let container = scene.run("a", &args, &[]);
+    let reg = start_registrator(&consul, &scene, None);
+
+    wait_count(&consul, &name, 1).await;
+    let want = |status: HealthStatus| {
+        let consul = &consul;
+        let name = name.clone();
+        async move {
+            eventually(&format!("{name} is {status:?}"), LIMIT, || async {
+                let seen = health_of(consul, &name).await;
+                if seen == [status] { Ok(()) } else { Err(format!("{seen:?}")) }
+            })
+            .await
+        }
+    };
+    // starting (then unhealthy) is critical
+    want(HealthStatus::Critical).await;
+    docker(&["exec", &container, "touch", "/tmp/ok"]);
+    want(HealthStatus::Passing).await;
+    docker(&["exec", &container, "rm", "/tmp/ok"]);
+    want(HealthStatus::Critical).await;
+    reg.stop().await;
+}
+
+#[tokio::test]
+async fn on_success_keeps_a_crashed_container_registered_until_it_is_removed() {
+    let consul = TestConsul::start().await;
+    let mut scene = Scene::new();
+    let (ok, crash) = (scene.service("ok"), scene.service("crash"));
+    let opts = Options { resync_every: Some(Duration::from_millis(500)), verify_every: None };
+    let (reg, registrar) = start_registrator_with(&consul, &scene, opts, Deregister::OnSuccess);
+    let (env_ok, env_crash) = (format!("SERVICE_NAME={ok}"), format!("SERVICE_NAME={crash}"));
+    scene.run("ok", &["-e", &env_ok, "--expose", "80"], &["sh", "-c", "sleep 2; exit 0"]);
+    let crashed = scene.run("crash", &["-e", &env_crash, "--expose", "80"], &["sh", "-c", "sleep 2; exit 3"]);
+    wait_count(&consul, &ok, 1).await;
+    wait_count(&consul, &crash, 1).await;
+
+    // After both exit (and a few resyncs), only the crashed one remains.
+    wait_count(&consul, &ok, 0).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(services_named(&consul, &crash).await.len(), 1);
+    docker(&["rm", &crashed]);
+    wait_count(&consul, &crash, 0).await;
+
+    // What happened is counted.
+    let mut registry = prometheus_client::registry::Registry::with_prefix("registrator");
+    registrar.metrics().register(&mut registry);
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    // (Other tests' containers come and go on this engine too: events are
+    // at least ours; registrations are exactly ours, the others being
+    // unreachable from this test's network.)
+    assert_eq!(metric(&text, "registrator_registrations_total"), 2.0, "{text}");
+    assert_eq!(metric(&text, "registrator_deregistrations_total"), 2.0, "{text}");
+    assert!(metric(&text, "registrator_docker_events_total{action=\"die\"}") >= 2.0, "{text}");
+    assert_eq!(metric(&text, "registrator_services"), 0.0, "{text}");
     reg.stop().await;
 }

@@ -61,8 +61,10 @@ impl TestConsul {
     }
 
     pub fn client(&self) -> consul::Client {
-        let settings =
-            consul::Settings { base: Some(consul::address::parse(&self.url()).expect("url")), ..Default::default() };
+        let settings = consul::Settings {
+            base: Some(consul::address::parse(&self.url()).expect("url").url),
+            ..Default::default()
+        };
         consul::Client::new(&settings).expect("client")
     }
 

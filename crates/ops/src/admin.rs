@@ -1,0 +1,123 @@
+//! The admin endpoint every service serves: `/metrics` (Prometheus text,
+//! from a `prometheus_client` registry) and `/health`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use prometheus_client::registry::Registry;
+use tokio_util::sync::CancellationToken;
+
+/// Says whether the service works: `Err` carries why not, for `/health`.
+pub type HealthCheck = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
+
+/// The admin routes: `GET /metrics` and `GET /health` (200, or 503 with the reason).
+pub fn router(registry: Arc<Registry>, health: HealthCheck) -> Router {
+    Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let registry = registry.clone();
+                async move {
+                    let mut text = String::new();
+                    match prometheus_client::encoding::text::encode(&mut text, &registry) {
+                        Ok(()) => (
+                            StatusCode::OK,
+                            [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+                            text,
+                        )
+                            .into_response(),
+                        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+                    }
+                }
+            }),
+        )
+        .route(
+            "/health",
+            get(move || {
+                let verdict = health();
+                async move {
+                    match verdict {
+                        Ok(()) => (StatusCode::OK, "ok\n".to_owned()),
+                        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")),
+                    }
+                }
+            }),
+        )
+}
+
+/// Where the admin endpoint listens: `host:port`, or empty for nowhere.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AdminAddr(pub Option<SocketAddr>);
+
+impl std::str::FromStr for AdminAddr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        if s.is_empty() {
+            return Ok(AdminAddr(None));
+        }
+        s.parse().map(|a| AdminAddr(Some(a))).map_err(|e| format!("{s:?} is not an address like 0.0.0.0:9090: {e}"))
+    }
+}
+
+/// Serves [`router`] on `addr` until `shutdown`. Binding errors are returned;
+/// the caller decides whether the service can run without its admin endpoint.
+pub async fn serve(
+    addr: SocketAddr,
+    registry: Arc<Registry>,
+    health: HealthCheck,
+    shutdown: CancellationToken,
+) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    tracing::info!(%addr, "serving /metrics and /health");
+    Ok(tokio::spawn(async move {
+        let served = axum::serve(listener, router(registry, health))
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await;
+        if let Err(e) = served {
+            tracing::warn!(error = %e, "admin endpoint stopped");
+        }
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use prometheus_client::metrics::counter::Counter;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn serves_metrics_and_health_verdicts() {
+        let mut registry = Registry::with_prefix("t");
+        let counter = Counter::<u64>::default();
+        registry.register("things", "Things seen", counter.clone());
+        counter.inc_by(3);
+        let ok = Arc::new(AtomicBool::new(true));
+        let flag = ok.clone();
+        let health: HealthCheck =
+            Arc::new(move || if flag.load(Ordering::Relaxed) { Ok(()) } else { Err("consul unreachable".into()) });
+        let shutdown = CancellationToken::new();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        drop(listener);
+        let task = serve(addr, Arc::new(registry), health, shutdown.clone()).await.unwrap();
+
+        let metrics = reqwest::get(format!("http://{addr}/metrics")).await.unwrap().text().await.unwrap();
+        assert!(metrics.contains("t_things_total 3"), "{metrics}");
+        let resp = reqwest::get(format!("http://{addr}/health")).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        ok.store(false, Ordering::Relaxed);
+        let resp = reqwest::get(format!("http://{addr}/health")).await.unwrap();
+        assert_eq!(resp.status(), 503);
+        assert_eq!(resp.text().await.unwrap(), "consul unreachable\n");
+        shutdown.cancel();
+        task.await.unwrap();
+    }
+}
