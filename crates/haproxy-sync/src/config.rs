@@ -61,6 +61,13 @@ pub struct Args {
     /// Print configurations to stdout instead of writing them and running HAProxy.
     #[arg(long)]
     pub dry_run: bool,
+    /// Server slots each backend has at least: instances up to this many
+    /// come and go through the runtime API, without a reload.
+    #[arg(long, default_value_t = 16, value_name = "N")]
+    pub min_slots: usize,
+    /// Address of /metrics and /health (empty: not served).
+    #[arg(long, env = "METRICS_ADDR", default_value = "0.0.0.0:9090")]
+    pub metrics_addr: ops::admin::AdminAddr,
     /// Log format.
     #[arg(long, value_enum, default_value = "text", env = "LOG_FORMAT")]
     pub log_format: ops::LogFormat,

@@ -24,6 +24,10 @@ pub enum HaproxyError {
     MasterCli { socket: String, source: std::io::Error },
     #[error("reload failed:\n{0}")]
     Reload(String),
+    #[error("runtime API at {socket}: {source}")]
+    Runtime { socket: String, source: std::io::Error },
+    #[error("runtime API refused: {0}")]
+    RuntimeRefused(String),
 }
 
 /// Where HAProxy is and the files it is run with.
@@ -92,6 +96,35 @@ impl Haproxy {
             .await
             .unwrap_or_else(|_| Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer in 10 s")))
             .map_err(err)
+    }
+
+    /// Runs runtime API commands on the worker, through `socket`, in one
+    /// session; any answer that is not an acknowledgement is an error.
+    pub async fn runtime(&self, socket: &Path, commands: &[String]) -> Result<(), HaproxyError> {
+        if commands.is_empty() {
+            return Ok(());
+        }
+        let err = |source| HaproxyError::Runtime { socket: socket.display().to_string(), source };
+        let io = async {
+            let mut stream = UnixStream::connect(socket).await?;
+            stream.write_all(format!("{}\n", commands.join(";")).as_bytes()).await?;
+            stream.shutdown().await?;
+            let mut answer = String::new();
+            stream.read_to_string(&mut answer).await?;
+            Ok(answer)
+        };
+        let answer = tokio::time::timeout(Duration::from_secs(5), io)
+            .await
+            .unwrap_or_else(|_| Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer in 5 s")))
+            .map_err(err)?;
+        // `set server ... addr` acknowledges with "IP changed from ..." or
+        // "no need to change ..."; the other commands answer nothing.
+        let refused: Vec<&str> = answer
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.contains("changed from") && !l.starts_with("no need to change"))
+            .collect();
+        if refused.is_empty() { Ok(()) } else { Err(HaproxyError::RuntimeRefused(refused.join("; "))) }
     }
 
     /// Reloads through the master CLI and waits until the master answers

@@ -13,13 +13,14 @@
 
 pub mod config;
 pub mod haproxy;
+pub mod metrics;
 pub mod model;
 pub mod render;
+pub mod slots;
 pub mod sync;
 pub mod watch;
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -27,8 +28,11 @@ use tokio::sync::watch as channel;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use prometheus_client::registry::Registry;
+
 use crate::config::Args;
 use crate::haproxy::Haproxy;
+use crate::metrics::Metrics;
 use crate::render::Renderer;
 use crate::sync::{Applier, SyncOptions};
 use crate::watch::{WatchOptions, WatchStats};
@@ -77,13 +81,30 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
         runtime_socket: args.runtime_socket.clone(),
         hard_stop_after: args.hard_stop_after.clone(),
         template_name: args.template.as_ref().map_or("haproxy/haproxy.cfg.hbs".to_owned(), |p| p.display().to_string()),
+        min_slots: args.min_slots,
     };
-    let mut applier = Applier::new(haproxy.clone(), renderer, opts);
+    let metrics = Metrics::default();
+    let mut applier = Applier::new(haproxy.clone(), renderer, opts, metrics.clone());
 
     let (tx, mut rx) = channel::channel(None);
     let watch_opts = WatchOptions { tag: args.tag.clone(), ..WatchOptions::default() };
-    let stats = Arc::new(WatchStats::default());
+    let stats = Arc::new(WatchStats { errors: metrics.consul_errors.clone(), up: metrics.consul_up.clone() });
     let watcher = tokio::spawn(watch::run(client, watch_opts, tx, stats, shutdown.clone()));
+    if let (Some(addr), false) = (args.metrics_addr.0, args.dry_run || args.once) {
+        let mut registry = Registry::with_prefix("haproxy_sync");
+        metrics.register(&mut registry);
+        let health = {
+            let metrics = metrics.clone();
+            Arc::new(
+                move || {
+                    if metrics.consul_up.get() == 1 { Ok(()) } else { Err("Consul does not answer".to_owned()) }
+                },
+            ) as ops::admin::HealthCheck
+        };
+        ops::admin::serve(addr, Arc::new(registry), health, shutdown.clone())
+            .await
+            .with_context(|| format!("serving /metrics on {addr}"))?;
+    }
 
     if args.dry_run || args.once {
         return once(&args, &mut applier, &mut rx, &shutdown).await.map(|()| watcher.abort());
@@ -98,22 +119,21 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
     rx.mark_unchanged();
     match catalog {
         Some(catalog) => {
-            applier.apply(&applier.render(&catalog)?, false).await.context("first configuration")?;
+            applier.apply(applier.plan(&catalog)?, false).await.context("first configuration")?;
         }
         None if applier.adopt_existing().await => {
             info!("Consul has not answered yet; starting with the configuration on disk")
         }
         None => {
             warn!("Consul has not answered yet; starting with no routes");
-            applier.apply(&applier.render(&Default::default())?, false).await.context("empty configuration")?;
+            applier.apply(applier.plan(&Default::default())?, false).await.context("empty configuration")?;
         }
     }
 
     let (ready_tx, ready_rx) = channel::channel(false);
     let supervisor =
         tokio::spawn(haproxy::supervise(haproxy, Duration::from_secs(args.grace), ready_tx, shutdown.clone()));
-    let applies = Arc::new(AtomicU64::new(0));
-    sync::run(applier, rx, ready_rx, applies, shutdown.clone()).await;
+    sync::run(applier, rx, ready_rx, shutdown.clone()).await;
     watcher.abort();
     let _ = supervisor.await;
     Ok(())
@@ -131,11 +151,11 @@ async fn once(
             c = rx.wait_for(Option::is_some) => c.map(|c| c.clone().unwrap_or_default()).context("Consul watcher stopped")?,
         };
         rx.mark_unchanged();
-        let text = applier.render(&catalog)?;
+        let plan = applier.plan(&catalog)?;
         if args.dry_run {
-            println!("{text}");
+            println!("{}", plan.text);
         } else {
-            let applied = applier.apply(&text, args.master_socket.exists()).await?;
+            let applied = applier.apply(plan, args.master_socket.exists()).await?;
             info!(?applied, "configuration applied");
         }
         if args.once {

@@ -89,6 +89,8 @@ pub struct Server {
     /// `ip:port`, IPv6 in brackets.
     pub address: String,
     pub weight: u16,
+    /// `false` for a free slot (written `disabled`).
+    pub enabled: bool,
 }
 
 /// A service left out of the configuration, and why.
@@ -183,7 +185,12 @@ fn service(raw_name: &str, instances: &[Instance]) -> Result<Service, String> {
         if server_name.is_empty() || servers.iter().any(|s| s.name == server_name) {
             server_name = format!("{server_name}_{}", servers.len());
         }
-        servers.push(Server { name: server_name, address: SocketAddr::new(ip, inst.port).to_string(), weight });
+        servers.push(Server {
+            name: server_name,
+            address: SocketAddr::new(ip, inst.port).to_string(),
+            weight,
+            enabled: true,
+        });
     }
 
     Ok(Service {

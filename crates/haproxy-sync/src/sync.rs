@@ -2,18 +2,19 @@
 //! `haproxy -c`, writes atomically and reloads, only when the text changed.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use consul::Backoff;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::haproxy::{Haproxy, HaproxyError};
+use crate::metrics::{BackendLabel, KindLabel, Metrics};
 use crate::model::{self, Catalog, Config, Stats};
 use crate::render::{RenderError, Renderer};
+use crate::slots::{self, Slots};
 
 /// Settings of the apply loop and the template data that are not Consul's.
 #[derive(Clone, Debug)]
@@ -29,6 +30,8 @@ pub struct SyncOptions {
     pub runtime_socket: PathBuf,
     pub hard_stop_after: String,
     pub template_name: String,
+    /// Server slots every backend has at least (instances beyond it cost a reload).
+    pub min_slots: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -48,8 +51,28 @@ pub enum Applied {
     Unchanged,
     /// Written and checked; HAProxy was not running, so nothing to reload.
     Written,
+    /// Instances changed through the runtime API (no reload), and written.
+    Runtime,
     /// Written, checked and reloaded.
     Reloaded,
+}
+
+impl Applied {
+    fn kind(self) -> &'static str {
+        match self {
+            Applied::Runtime => "runtime",
+            _ => "reload",
+        }
+    }
+}
+
+/// A configuration ready to apply: its text, its structure (the text with
+/// every server slot free) and the slot layout behind it.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    pub text: String,
+    skeleton: String,
+    slots: Slots,
 }
 
 /// Renders and applies configurations for one HAProxy.
@@ -57,25 +80,45 @@ pub struct Applier {
     pub haproxy: Haproxy,
     renderer: Renderer,
     opts: SyncOptions,
+    metrics: Metrics,
     /// The text of the configuration file.
     in_force: Option<String>,
+    /// The structure and slot layout HAProxy runs with.
+    skeleton_in_force: Option<String>,
+    slots: Slots,
     /// The file changed but HAProxy has not loaded it yet.
     reload_pending: bool,
 }
 
 impl Applier {
-    pub fn new(haproxy: Haproxy, renderer: Renderer, opts: SyncOptions) -> Self {
-        Self { haproxy, renderer, opts, in_force: None, reload_pending: false }
+    pub fn new(haproxy: Haproxy, renderer: Renderer, opts: SyncOptions, metrics: Metrics) -> Self {
+        Self {
+            haproxy,
+            renderer,
+            opts,
+            metrics,
+            in_force: None,
+            skeleton_in_force: None,
+            slots: Slots::default(),
+            reload_pending: false,
+        }
     }
 
-    /// The configuration text for `catalog`. Services that cannot be routed
-    /// safely are left out and logged.
-    pub fn render(&self, catalog: &Catalog) -> Result<String, RenderError> {
+    /// The configuration for `catalog`, laid out on the slots in force.
+    /// Services that cannot be routed safely are left out and logged.
+    pub fn plan(&self, catalog: &Catalog) -> Result<Plan, RenderError> {
         let (services, skipped) = model::services(catalog);
         for s in skipped {
             warn!(service = %s.service, reason = %s.reason, "service not routed");
         }
-        let config = Config {
+        let (slots, services) = self.slots.layout(&services, self.opts.min_slots);
+        let text = self.renderer.render(&self.config(services.clone()))?;
+        let skeleton = self.renderer.render(&self.config(slots::skeleton(&services)))?;
+        Ok(Plan { text, skeleton, slots })
+    }
+
+    fn config(&self, services: Vec<model::Service>) -> Config {
+        Config {
             services,
             bind: self.opts.bind.clone(),
             http_port: self.opts.http_port,
@@ -83,8 +126,7 @@ impl Applier {
             runtime_socket: self.opts.runtime_socket.display().to_string(),
             hard_stop_after: self.opts.hard_stop_after.clone(),
             template: self.opts.template_name.clone(),
-        };
-        self.renderer.render(&config)
+        }
     }
 
     /// Adopts the configuration file already on disk if HAProxy accepts it,
@@ -103,34 +145,80 @@ impl Applier {
         }
     }
 
-    /// Checks `text` with HAProxy and makes it the configuration file,
-    /// atomically; a text HAProxy refuses is never written. Reloads when
-    /// `reload` is set (HAProxy runs). Text equal to what is in force and
-    /// loaded is not applied again; a reload that failed is tried again.
-    pub async fn apply(&mut self, text: &str, reload: bool) -> Result<Applied, ApplyError> {
-        if self.in_force.as_deref() != Some(text) {
-            let path = &self.haproxy.config;
-            let candidate = sibling(path, ".candidate");
-            write(&candidate, text)?;
-            if let Err(e) = self.haproxy.check(&candidate).await {
-                let _ = std::fs::rename(&candidate, sibling(path, ".rejected"));
-                return Err(e.into());
-            }
-            std::fs::rename(&candidate, path)
-                .map_err(|source| ApplyError::Write { path: path.display().to_string(), source })?;
-            self.in_force = Some(text.to_owned());
-            self.reload_pending = true;
-        } else if !self.reload_pending {
+    /// Applies `plan`. When only instances changed and HAProxy runs, through
+    /// the runtime API, then the file is written for restarts; otherwise the
+    /// text is checked with HAProxy, written atomically (a text HAProxy
+    /// refuses is never written) and, when `running`, reloaded. A plan equal
+    /// to what is in force is not applied again; a failed reload is retried.
+    pub async fn apply(&mut self, plan: Plan, running: bool) -> Result<Applied, ApplyError> {
+        if self.in_force.as_deref() == Some(plan.text.as_str()) && !self.reload_pending {
+            self.slots = plan.slots;
             return Ok(Applied::Unchanged);
         }
-        if !reload {
+        if running && !self.reload_pending && self.skeleton_in_force.as_deref() == Some(plan.skeleton.as_str()) {
+            if let Some(commands) = self.slots.commands_to(&plan.slots) {
+                match self.haproxy.runtime(&self.opts.runtime_socket, &commands).await {
+                    Ok(()) => {
+                        debug!(commands = commands.len(), "instances changed through the runtime API");
+                        self.slots = plan.slots;
+                        // For restarts: the file says what the runtime now does.
+                        if let Err(e) = self.write_checked(&plan.text).await {
+                            error!(error = %e, "runtime change applied, but the configuration file was not updated");
+                        }
+                        self.in_force = Some(plan.text);
+                        return Ok(Applied::Runtime);
+                    }
+                    Err(e) => {
+                        self.metrics.runtime_failures.inc();
+                        warn!(error = %e, "runtime API change failed; reloading instead");
+                    }
+                }
+            }
+        }
+        if self.in_force.as_deref() != Some(plan.text.as_str()) {
+            self.write_checked(&plan.text).await?;
+            self.in_force = Some(plan.text);
+            self.reload_pending = true;
+        }
+        self.skeleton_in_force = Some(plan.skeleton);
+        self.slots = plan.slots;
+        if !running {
             // HAProxy is not running: it reads the file when it starts.
             self.reload_pending = false;
             return Ok(Applied::Written);
         }
-        self.haproxy.reload().await?;
+        if let Err(e) = self.haproxy.reload().await {
+            self.metrics.reload_failures.inc();
+            return Err(e.into());
+        }
         self.reload_pending = false;
         Ok(Applied::Reloaded)
+    }
+
+    /// Checks `text` with `haproxy -c` and renames it into place; a text
+    /// HAProxy refuses is kept beside it as `.rejected` and goes no further.
+    async fn write_checked(&self, text: &str) -> Result<(), ApplyError> {
+        let path = &self.haproxy.config;
+        let candidate = sibling(path, ".candidate");
+        write(&candidate, text)?;
+        if let Err(e) = self.haproxy.check(&candidate).await {
+            self.metrics.check_failures.inc();
+            let _ = std::fs::rename(&candidate, sibling(path, ".rejected"));
+            return Err(e.into());
+        }
+        std::fs::rename(&candidate, path)
+            .map_err(|source| ApplyError::Write { path: path.display().to_string(), source })
+    }
+
+    fn observe(&self, applied: Applied, elapsed: Duration) {
+        let kind = KindLabel { kind: applied.kind() };
+        self.metrics.applies.get_or_create(&kind).inc();
+        self.metrics.apply_seconds.get_or_create(&kind).observe(elapsed.as_secs_f64());
+        self.metrics.mark_applied();
+        self.metrics.servers.clear();
+        for (backend, n) in self.slots.active() {
+            self.metrics.servers.get_or_create(&BackendLabel { backend: backend.to_owned() }).set(n as i64);
+        }
     }
 }
 
@@ -174,7 +262,6 @@ pub async fn run(
     mut applier: Applier,
     mut rx: watch::Receiver<Option<Catalog>>,
     haproxy_ready: watch::Receiver<bool>,
-    applies: Arc<std::sync::atomic::AtomicU64>,
     shutdown: CancellationToken,
 ) {
     let (min, max) = (applier.opts.wait_min, applier.opts.wait_max);
@@ -189,8 +276,8 @@ pub async fn run(
         }
         let Some(catalog) = rx.borrow_and_update().clone() else { continue };
         let started = Instant::now();
-        let text = match applier.render(&catalog) {
-            Ok(text) => text,
+        let plan = match applier.plan(&catalog) {
+            Ok(plan) => plan,
             Err(e) => {
                 error!(error = %e, "render failed; the configuration in force stays");
                 retry = false;
@@ -198,16 +285,16 @@ pub async fn run(
             }
         };
         let running = *haproxy_ready.borrow();
-        match applier.apply(&text, running).await {
+        match applier.apply(plan, running).await {
             Ok(Applied::Unchanged) => retry = false,
             Ok(applied) => {
                 retry = false;
                 backoff.reset();
-                applies.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                applier.observe(applied, started.elapsed());
                 info!(
                     ?applied,
                     services = catalog.services.len(),
-                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
                     "configuration applied"
                 );
             }

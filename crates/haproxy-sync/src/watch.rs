@@ -5,7 +5,6 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use consul::blocking::{is_news, next_index};
@@ -37,7 +36,8 @@ impl Default for WatchOptions {
 /// Counters the watcher keeps, for metrics and tests.
 #[derive(Debug, Default)]
 pub struct WatchStats {
-    pub errors: AtomicU64,
+    pub errors: prometheus_client::metrics::counter::Counter,
+    pub up: prometheus_client::metrics::gauge::Gauge,
 }
 
 enum Update {
@@ -155,6 +155,7 @@ async fn watch_catalog(
         };
         match result {
             Ok(answer) => {
+                stats.up.set(1);
                 if backoff.attempts() > 0 {
                     info!("Consul catalog reachable again");
                 }
@@ -169,7 +170,8 @@ async fn watch_catalog(
                 index = next_index(index, answer.index);
             }
             Err(e) => {
-                stats.errors.fetch_add(1, Ordering::Relaxed);
+                stats.errors.inc();
+                stats.up.set(0);
                 warn!(error = %e, "Consul catalog watch failed; keeping the last known services");
                 index = 0;
                 tokio::select! { _ = shutdown.cancelled() => return, _ = backoff.wait() => {} }
@@ -197,6 +199,7 @@ async fn watch_service(
         };
         match result {
             Ok(answer) => {
+                stats.up.set(1);
                 backoff.reset();
                 if is_news(index, answer.index) {
                     let list = answer.value.iter().map(instance).collect();
@@ -207,7 +210,8 @@ async fn watch_service(
                 index = next_index(index, answer.index);
             }
             Err(e) => {
-                stats.errors.fetch_add(1, Ordering::Relaxed);
+                stats.errors.inc();
+                stats.up.set(0);
                 warn!(service = %name, error = %e, "Consul health watch failed; keeping the last known instances");
                 index = 0;
                 tokio::select! { _ = shutdown.cancelled() => return, _ = backoff.wait() => {} }

@@ -30,6 +30,7 @@ async fn backend() -> u16 {
 struct Lb {
     http: u16,
     stats: u16,
+    admin: u16,
     dir: PathBuf,
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
@@ -37,7 +38,7 @@ struct Lb {
 
 impl Lb {
     async fn start(consul: &TestConsul, extra: &[&str]) -> Lb {
-        let (http, stats) = (free_port(), free_port());
+        let (http, stats, admin) = (free_port(), free_port(), free_port());
         let dir = std::env::temp_dir().join(format!("haproxy-sync-test-{http}"));
         std::fs::create_dir_all(&dir).unwrap();
         let mut argv: Vec<String> = [
@@ -63,6 +64,8 @@ impl Lb {
             "10ms:100ms",
             "--grace",
             "1",
+            "--metrics-addr",
+            &format!("127.0.0.1:{admin}"),
         ]
         .iter()
         .map(|s| s.to_string())
@@ -71,7 +74,7 @@ impl Lb {
         let args = Args::parse_from(argv);
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(haproxy_sync::run(args, shutdown.clone()));
-        let lb = Lb { http, stats, dir, shutdown, task };
+        let lb = Lb { http, stats, admin, dir, shutdown, task };
         eventually("HAProxy listens", LIMIT, || async {
             tokio::net::TcpStream::connect(("127.0.0.1", http)).await.map(drop).map_err(|e| e.to_string())
         })
@@ -105,14 +108,33 @@ impl Lb {
         .await;
     }
 
+    /// One sample of haproxy-sync's /metrics (0 when absent).
+    async fn metric(&self, sample: &str) -> f64 {
+        let text =
+            reqwest::get(format!("http://127.0.0.1:{}/metrics", self.admin)).await.unwrap().text().await.unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(sample).and_then(|rest| rest.strip_prefix(' ')))
+            .map_or(0.0, |v| v.trim().parse().unwrap())
+    }
+
     fn config(&self) -> String {
         std::fs::read_to_string(self.dir.join("haproxy.cfg")).unwrap()
     }
 
-    async fn stop(self) {
+    async fn stop(mut self) {
         self.shutdown.cancel();
-        self.task.await.unwrap().unwrap();
+        (&mut self.task).await.unwrap().unwrap();
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Drop for Lb {
+    fn drop(&mut self) {
+        // HAProxy outlives haproxy-sync by design; a test that failed must
+        // not leave one running (holding the test's output open).
+        if std::thread::panicking() {
+            let _ = std::process::Command::new("pkill").arg("-f").arg(self.dir.display().to_string()).status();
+        }
     }
 }
 
@@ -163,12 +185,25 @@ async fn follows_scaling_and_health() {
     let lb = Lb::start(&consul, &[]).await;
     lb.wait_ports("/hello", &[a]).await;
 
+    // Scaling goes through the runtime API: no reload.
+    let reloads = lb.metric("haproxy_sync_applies_total{kind=\"reload\"}").await;
     register(&consul, "h-b", "hello", b, &[]).await;
     register(&consul, "h-c", "hello", c, &[]).await;
     lb.wait_ports("/hello", &[a, b, c]).await;
 
     consul.client().deregister("h-a").await.unwrap();
     lb.wait_ports("/hello", &[b, c]).await;
+    // (Routing changes before the apply is counted: the file is written after.)
+    eventually("two runtime applies counted", LIMIT, || async {
+        let n = lb.metric("haproxy_sync_applies_total{kind=\"runtime\"}").await;
+        if n >= 2.0 { Ok(()) } else { Err(format!("{n}")) }
+    })
+    .await;
+    assert_eq!(lb.metric("haproxy_sync_applies_total{kind=\"reload\"}").await, reloads);
+    assert_eq!(lb.metric("haproxy_sync_servers{backend=\"be_hello\"}").await, 2.0);
+    // The file follows, so a restart of HAProxy keeps the change.
+    let config = lb.config();
+    assert!(config.contains(&format!("127.0.0.1:{b} check")) && !config.contains(&format!("127.0.0.1:{a} check")));
 
     // An instance whose Consul check is critical gets no traffic.
     let critical = Registration {

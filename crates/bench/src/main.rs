@@ -1,0 +1,54 @@
+//! `portolan-bench`: the project's benchmarks, against real Docker, Consul
+//! and HAProxy. `scripts/bench` builds the release binaries and runs it.
+#![forbid(unsafe_code)]
+#![allow(clippy::unwrap_used)]
+
+mod docker;
+mod registrator;
+mod stats;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// The image benchmark containers run (made by scripts/base-images).
+const IMAGE: &str = "debian:trixie-slim";
+
+#[derive(Debug, Parser)]
+#[command(name = "portolan-bench")]
+struct Cli {
+    /// Where results (JSON) and logs go.
+    #[arg(long, default_value = "bench/out")]
+    out: PathBuf,
+    /// Directory of the release binaries.
+    #[arg(long, default_value = "target/release")]
+    bin_dir: PathBuf,
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Debug, Subcommand)]
+enum Scenario {
+    /// Docker event → Consul latency, resync, mass kill, memory.
+    Registrator(registrator::Opts),
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    std::fs::create_dir_all(&cli.out)?;
+    match &cli.scenario {
+        Scenario::Registrator(opts) => {
+            let results = registrator::run(opts, &cli.bin_dir.join("registrator"), &cli.out).await?;
+            write(&cli.out, "registrator", &results)?;
+        }
+    }
+    Ok(())
+}
+
+fn write(out: &std::path::Path, name: &str, results: &impl serde::Serialize) -> anyhow::Result<()> {
+    let path = out.join(format!("{name}.json"));
+    std::fs::write(&path, serde_json::to_string_pretty(results)? + "\n")?;
+    eprintln!("wrote {}", path.display());
+    Ok(())
+}

@@ -1,0 +1,216 @@
+//! registrator's figures: Docker `start` event → service in Consul, full
+//! resync of many containers, convergence after a mass kill, memory.
+//!
+//! Runs the release `registrator` binary as a child process, against a
+//! Consul dev agent on loopback and the local Docker engine.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, bail};
+use futures_util::StreamExt;
+use serde::Serialize;
+use testkit::TestConsul;
+
+use crate::docker::Scene;
+use crate::stats::{Summary, rss_mib};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct Opts {
+    /// Containers started one by one for the start → Consul latency.
+    #[arg(long, default_value_t = 50)]
+    pub starts: usize,
+    /// Containers running during the resync measurement.
+    #[arg(long, default_value_t = 200)]
+    pub running: usize,
+    /// Containers killed at once.
+    #[arg(long, default_value_t = 50)]
+    pub kill: usize,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct Results {
+    /// Docker `start` event → instance visible in Consul's health API.
+    pub start_to_consul: Summary,
+    /// Containers running during the resync.
+    pub running: usize,
+    /// registrator started against an empty Consul → all `running` services visible.
+    pub cold_resync_ms: f64,
+    /// registrator's own measure of that first full resync.
+    pub resync_internal_ms: Option<f64>,
+    pub killed: usize,
+    /// `docker kill` of `killed` containers issued → Consul lists only the others.
+    pub kill_converge_ms: f64,
+    pub rss_idle_empty_mib: f64,
+    pub rss_idle_loaded_mib: f64,
+}
+
+const LAT_SERVICE: &str = "bench-lat";
+const MANY_SERVICE: &str = "bench-many";
+
+pub async fn run(opts: &Opts, bin: &PathBuf, out: &std::path::Path) -> anyhow::Result<Results> {
+    let mut results = Results { running: opts.running, killed: opts.kill.min(opts.running), ..Results::default() };
+    let mut consul = TestConsul::start().await;
+    let scene = Scene::new(&format!("breg{}", std::process::id()))?;
+    let log = out.join("registrator.log");
+    let mut child = spawn(bin, &consul, &log)?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    results.rss_idle_empty_mib = rss_mib(child.0.id()).unwrap_or_default();
+
+    // 1. start event → visible in Consul, one container at a time.
+    let starts: Arc<Mutex<HashMap<String, SystemTime>>> = Arc::default();
+    let seen: Arc<Mutex<HashMap<String, SystemTime>>> = Arc::default();
+    let events = tokio::spawn(record_starts(starts.clone()));
+    let watch = tokio::spawn(record_seen(consul.client(), LAT_SERVICE, seen.clone()));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut latencies = Vec::new();
+    for _ in 0..opts.starts {
+        let id = scene.start_one(LAT_SERVICE).await?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (start, found) = (starts.lock().unwrap().get(&id).copied(), seen.lock().unwrap().get(&id).copied());
+            if let (Some(start), Some(found)) = (start, found) {
+                latencies.push(found.duration_since(start).unwrap_or_default());
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("container {id} not seen in Consul within 10 s");
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    events.abort();
+    watch.abort();
+    results.start_to_consul = Summary::of(&latencies);
+    eprintln!("[registrator] start → Consul: {}", results.start_to_consul);
+    scene.remove_all();
+    wait_for(&consul, LAT_SERVICE, 0, Duration::from_secs(30)).await?;
+
+    // 2. Many running containers; registrator restarted against an empty Consul.
+    let ids = scene.start(MANY_SERVICE, opts.running, 4).await?;
+    wait_for(&consul, MANY_SERVICE, opts.running, Duration::from_secs(60)).await?;
+    child.kill();
+    consul.restart().await;
+    let restarted = Instant::now();
+    child = spawn(bin, &consul, &log)?;
+    wait_for(&consul, MANY_SERVICE, opts.running, Duration::from_secs(60)).await?;
+    results.cold_resync_ms = restarted.elapsed().as_secs_f64() * 1e3;
+    results.resync_internal_ms = first_resync_ms(&log);
+    eprintln!(
+        "[registrator] {} containers: cold start → all in Consul {:.0} ms (resync itself {:?} ms)",
+        opts.running, results.cold_resync_ms, results.resync_internal_ms
+    );
+
+    // 3. Kill some at once.
+    let killed = &ids[..results.killed];
+    let t0 = Instant::now();
+    scene.kill(killed).await?;
+    wait_for(&consul, MANY_SERVICE, opts.running - results.killed, Duration::from_secs(30)).await?;
+    results.kill_converge_ms = t0.elapsed().as_secs_f64() * 1e3;
+    eprintln!("[registrator] kill {} at once → Consul matches in {:.0} ms", results.killed, results.kill_converge_ms);
+
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    results.rss_idle_loaded_mib = rss_mib(child.0.id()).unwrap_or_default();
+    eprintln!(
+        "[registrator] idle RSS: {:.1} MiB empty, {:.1} MiB with {} services",
+        results.rss_idle_empty_mib,
+        results.rss_idle_loaded_mib,
+        opts.running - results.killed
+    );
+    child.kill();
+    drop(scene);
+    Ok(results)
+}
+
+/// The registrator child process, killed on drop.
+struct Registrator(Child);
+
+impl Registrator {
+    fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Registrator {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn spawn(bin: &PathBuf, consul: &TestConsul, log: &std::path::Path) -> anyhow::Result<Registrator> {
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
+    let child = Command::new(bin)
+        .args(["--owner", "bench", "--resync", "0", "--metrics-addr", "", "--log-format", "json"])
+        .arg(format!("consul://{}", consul.http))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("start {} (scripts/bench builds it)", bin.display()))?;
+    Ok(Registrator(child))
+}
+
+/// Records Docker's `start` events: container ID → event time.
+async fn record_starts(starts: Arc<Mutex<HashMap<String, SystemTime>>>) {
+    let Ok(engine) = registrator::docker::Engine::connect() else { return };
+    let mut events = Box::pin(engine.events(None));
+    while let Some(Ok(ev)) = events.next().await {
+        if ev.action.as_deref() != Some("start") {
+            continue;
+        }
+        let (Some(actor), Some(nanos)) = (ev.actor, ev.time_nano) else { continue };
+        if let Some(id) = actor.id {
+            starts.lock().unwrap().insert(id, UNIX_EPOCH + Duration::from_nanos(nanos as u64));
+        }
+    }
+}
+
+/// Records when each container's instance of `service` first shows in
+/// Consul's health API (what a load balancer reads).
+async fn record_seen(client: consul::Client, service: &str, seen: Arc<Mutex<HashMap<String, SystemTime>>>) {
+    let mut index = 0;
+    loop {
+        let Ok(res) = client.health_service(service, index, Duration::from_secs(30)).await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let now = SystemTime::now();
+        index = consul::blocking::next_index(index, res.index);
+        let mut seen = seen.lock().unwrap();
+        for entry in res.value {
+            if let Some(container) = entry.service.meta.get(registrator::service::CONTAINER_META) {
+                seen.entry(container.clone()).or_insert(now);
+            }
+        }
+    }
+}
+
+async fn wait_for(consul: &TestConsul, service: &str, n: usize, limit: Duration) -> anyhow::Result<()> {
+    let client = consul.client();
+    let deadline = Instant::now() + limit;
+    loop {
+        let count = client.agent_services().await.map(|s| s.values().filter(|s| s.service == service).count());
+        if count.as_ref().is_ok_and(|c| *c == n) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("{service}: {count:?} instances in Consul after {limit:?}, want {n}");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// The time of registrator's last full resync, from its JSON log.
+fn first_resync_ms(log: &std::path::Path) -> Option<f64> {
+    let text = std::fs::read_to_string(log).ok()?;
+    text.lines()
+        .rev()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["message"] == "resynced")
+        .and_then(|v| v["elapsed_ms"].as_f64())
+}

@@ -1,0 +1,82 @@
+//! What haproxy-sync counts, exposed at `/metrics`.
+
+use std::sync::atomic::AtomicU64;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    /// `runtime` (runtime API, no reload) or `reload`.
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BackendLabel {
+    pub backend: String,
+}
+
+/// haproxy-sync's metrics; clones share the same values.
+#[derive(Clone, Debug)]
+pub struct Metrics {
+    /// Consul queries that failed.
+    pub consul_errors: Counter,
+    /// 1 while Consul answers the watches.
+    pub consul_up: Gauge,
+    /// Applied changes, by kind.
+    pub applies: Family<KindLabel, Counter>,
+    pub apply_seconds: Family<KindLabel, Histogram>,
+    pub reload_failures: Counter,
+    /// Candidate configurations `haproxy -c` refused (never loaded).
+    pub check_failures: Counter,
+    pub runtime_failures: Counter,
+    /// Servers routed to, by backend.
+    pub servers: Family<BackendLabel, Gauge>,
+    /// Unix time of the last successful apply.
+    pub last_apply: Gauge<f64, AtomicU64>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            consul_errors: Counter::default(),
+            consul_up: Gauge::default(),
+            applies: Family::default(),
+            apply_seconds: Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.0005, 2.0, 16))),
+            reload_failures: Counter::default(),
+            check_failures: Counter::default(),
+            runtime_failures: Counter::default(),
+            servers: Family::default(),
+            last_apply: Gauge::default(),
+        }
+    }
+}
+
+impl Metrics {
+    /// Adds every metric to `registry` (prefix it `haproxy_sync`).
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register("consul_errors", "Consul watch queries that failed", self.consul_errors.clone());
+        registry.register("consul_up", "1 while Consul answers the watches", self.consul_up.clone());
+        registry.register("applies", "Configuration changes applied, by kind", self.applies.clone());
+        registry.register("apply_duration_seconds", "Time to apply a change, by kind", self.apply_seconds.clone());
+        registry.register("reload_failures", "Reloads HAProxy did not confirm", self.reload_failures.clone());
+        registry.register("check_failures", "Candidate configurations haproxy -c refused", self.check_failures.clone());
+        registry.register("runtime_failures", "Runtime API changes that failed", self.runtime_failures.clone());
+        registry.register("servers", "Servers routed to, by backend", self.servers.clone());
+        registry.register(
+            "last_successful_apply_timestamp_seconds",
+            "Unix time of the last successful apply",
+            self.last_apply.clone(),
+        );
+    }
+
+    pub fn mark_applied(&self) {
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or_default();
+        self.last_apply.set(now);
+    }
+}
