@@ -18,9 +18,10 @@ WORKDIR /src
 COPY . .
 RUN --mount=type=cache,target=/root/.cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked --bin registrator --bin haproxy-sync --bin demo-service \
+    cargo build --release --locked --bin registrator --bin haproxy-sync --bin haproxy-keeper --bin demo-service \
  && mkdir -p /out \
- && cp target/release/registrator target/release/haproxy-sync target/release/demo-service /out/
+ && cp target/release/registrator target/release/haproxy-sync target/release/haproxy-keeper \
+       target/release/demo-service /out/
 
 FROM debian:trixie-slim AS runtime
 RUN apt-get update \
@@ -47,9 +48,11 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/* \
  && mkdir -p /var/lib/haproxy-sync /var/run/haproxy-sync \
  && chown haproxy:haproxy /var/lib/haproxy-sync /var/run/haproxy-sync
-COPY --from=builder /out/haproxy-sync /usr/local/bin/haproxy-sync
+COPY --from=builder /out/haproxy-sync /out/haproxy-keeper /usr/local/bin/
 COPY haproxy/haproxy.cfg.hbs /etc/haproxy-sync/haproxy.cfg.hbs
 USER haproxy
 EXPOSE 80 1936
-# tini reaps HAProxy's old workers and forwards signals to haproxy-sync.
-ENTRYPOINT ["tini", "--", "haproxy-sync"]
+# haproxy-keeper runs HAProxy and haproxy-sync side by side and restarts
+# either if it dies: a crash of haproxy-sync never takes HAProxy down.
+# tini reaps HAProxy's old workers and forwards signals to the keeper.
+ENTRYPOINT ["tini", "--", "haproxy-keeper"]

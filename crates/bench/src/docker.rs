@@ -51,11 +51,13 @@ impl Scene {
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
     }
 
-    /// `docker kill` of all `ids` in one command.
+    /// Kills all `ids` at once: one Docker API request each, all in flight together.
     pub async fn kill(&self, ids: &[String]) -> anyhow::Result<()> {
-        let out = tokio::process::Command::new("docker").arg("kill").args(ids).output().await?;
-        if !out.status.success() {
-            bail!("docker kill: {}", String::from_utf8_lossy(&out.stderr));
+        let docker = bollard::Docker::connect_with_defaults()?;
+        let kills =
+            ids.iter().map(|id| docker.kill_container(id, None::<bollard::query_parameters::KillContainerOptions>));
+        for result in futures_util::future::join_all(kills).await {
+            result.context("kill")?;
         }
         Ok(())
     }

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod docker;
+mod haproxy;
 mod registrator;
 mod stats;
 
@@ -31,6 +32,8 @@ struct Cli {
 enum Scenario {
     /// Docker event → Consul latency, resync, mass kill, memory.
     Registrator(registrator::Opts),
+    /// Consul change → serving latency, scaling under load, a large catalog.
+    HaproxySync(haproxy::Opts),
 }
 
 #[tokio::main]
@@ -41,6 +44,10 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Registrator(opts) => {
             let results = registrator::run(opts, &cli.bin_dir.join("registrator"), &cli.out).await?;
             write(&cli.out, "registrator", &results)?;
+        }
+        Scenario::HaproxySync(opts) => {
+            let results = haproxy::run(opts, &cli.bin_dir.join("haproxy-sync"), &cli.out).await?;
+            write(&cli.out, "haproxy-sync", &results)?;
         }
     }
     Ok(())

@@ -42,8 +42,10 @@ pub struct Results {
     /// registrator's own measure of that first full resync.
     pub resync_internal_ms: Option<f64>,
     pub killed: usize,
-    /// `docker kill` of `killed` containers issued → Consul lists only the others.
+    /// Kills of `killed` containers sent together → Consul lists only the others.
     pub kill_converge_ms: f64,
+    /// ... of which Docker took this long to carry out the kills.
+    pub kill_requests_ms: f64,
     pub rss_idle_empty_mib: f64,
     pub rss_idle_loaded_mib: f64,
 }
@@ -109,9 +111,13 @@ pub async fn run(opts: &Opts, bin: &PathBuf, out: &std::path::Path) -> anyhow::R
     let killed = &ids[..results.killed];
     let t0 = Instant::now();
     scene.kill(killed).await?;
+    results.kill_requests_ms = t0.elapsed().as_secs_f64() * 1e3;
     wait_for(&consul, MANY_SERVICE, opts.running - results.killed, Duration::from_secs(30)).await?;
     results.kill_converge_ms = t0.elapsed().as_secs_f64() * 1e3;
-    eprintln!("[registrator] kill {} at once → Consul matches in {:.0} ms", results.killed, results.kill_converge_ms);
+    eprintln!(
+        "[registrator] kill {} at once (Docker answered all kills in {:.0} ms) → Consul matches in {:.0} ms",
+        results.killed, results.kill_requests_ms, results.kill_converge_ms
+    );
 
     tokio::time::sleep(Duration::from_secs(2)).await;
     results.rss_idle_loaded_mib = rss_mib(child.0.id()).unwrap_or_default();

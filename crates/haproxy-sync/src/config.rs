@@ -55,6 +55,16 @@ pub struct Args {
     /// Seconds HAProxy gets to finish its connections when haproxy-sync stops.
     #[arg(long, default_value_t = 10)]
     pub grace: u64,
+    /// Do not run HAProxy: drive the one whose master CLI and runtime API
+    /// listen on --master-socket and --runtime-socket (started by
+    /// haproxy-keeper, or by you).
+    #[arg(long)]
+    pub external: bool,
+    /// Run this shell command after each structural change is written,
+    /// instead of reloading through the master CLI (for an HAProxy run
+    /// elsewhere, as Consul Template's `command`). Implies --external.
+    #[arg(long, env = "HAPROXY_SYNC_COMMAND", value_name = "CMD")]
+    pub command: Option<String>,
     /// Render once from Consul's current state, apply, and exit.
     #[arg(long)]
     pub once: bool,

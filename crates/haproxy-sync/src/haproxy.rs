@@ -172,6 +172,9 @@ pub async fn supervise(
 ) {
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
     loop {
+        // Ready before the spawn: a change written from now on is reloaded
+        // (retried until the new master answers), never lost in between.
+        let _ = ready.send(true);
         let mut child = match haproxy.spawn() {
             Ok(child) => child,
             Err(e) => {
@@ -180,7 +183,6 @@ pub async fn supervise(
             }
         };
         info!(pid = child.id(), config = %haproxy.config.display(), "HAProxy started");
-        let _ = ready.send(true);
         tokio::select! {
             status = child.wait() => {
                 let _ = ready.send(false);
@@ -193,6 +195,23 @@ pub async fn supervise(
             }
         }
         backoff.reset();
+    }
+}
+
+/// Follows an HAProxy someone else runs: `ready` is true while its master
+/// CLI answers, polled every 250 ms, until `shutdown`.
+pub async fn follow(haproxy: Haproxy, ready: tokio::sync::watch::Sender<bool>, shutdown: CancellationToken) {
+    loop {
+        let up = haproxy.master("show proc").await.is_ok();
+        ready.send_if_modified(|was| {
+            let changed = *was != up;
+            *was = up;
+            changed
+        });
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+        }
     }
 }
 

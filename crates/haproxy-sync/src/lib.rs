@@ -13,6 +13,7 @@
 
 pub mod config;
 pub mod haproxy;
+pub mod keeper;
 pub mod metrics;
 pub mod model;
 pub mod render;
@@ -56,16 +57,7 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
     if credentials.is_none() {
         warn!("STATS_USER and STATS_PASSWORD are not both set: the stats page is off");
     }
-    let env = credentials
-        .iter()
-        .flat_map(|(u, p)| [("STATS_USER".to_owned(), u.clone()), ("STATS_PASSWORD".to_owned(), p.clone())])
-        .collect();
-    let haproxy = Haproxy {
-        bin: args.haproxy.clone(),
-        config: args.config.clone(),
-        master_socket: args.master_socket.clone(),
-        env,
-    };
+    let haproxy = haproxy_for(&args);
     for path in [&args.config, &args.master_socket, &args.runtime_socket] {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -82,6 +74,8 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
         hard_stop_after: args.hard_stop_after.clone(),
         template_name: args.template.as_ref().map_or("haproxy/haproxy.cfg.hbs".to_owned(), |p| p.display().to_string()),
         min_slots: args.min_slots,
+        reload_command: args.command.clone(),
+        external: args.external,
     };
     let metrics = Metrics::default();
     let mut applier = Applier::new(haproxy.clone(), renderer, opts, metrics.clone());
@@ -117,9 +111,12 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
         _ => None,
     };
     rx.mark_unchanged();
+    // An HAProxy already running (haproxy-sync restarted beside it) gets
+    // the first configuration loaded too.
+    let running = args.command.is_some() || (args.external && haproxy.master("show proc").await.is_ok());
     match catalog {
         Some(catalog) => {
-            applier.apply(applier.plan(&catalog)?, false).await.context("first configuration")?;
+            applier.apply(applier.plan(&catalog)?, running).await.context("first configuration")?;
         }
         None if applier.adopt_existing().await => {
             info!("Consul has not answered yet; starting with the configuration on disk")
@@ -131,12 +128,57 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
     }
 
     let (ready_tx, ready_rx) = channel::channel(false);
-    let supervisor =
-        tokio::spawn(haproxy::supervise(haproxy, Duration::from_secs(args.grace), ready_tx, shutdown.clone()));
+    let supervisor = if args.command.is_some() {
+        // The user's command loads the file wherever HAProxy runs.
+        let _ = ready_tx.send(true);
+        tokio::spawn(async {})
+    } else if args.external {
+        tokio::spawn(haproxy::follow(haproxy, ready_tx, shutdown.clone()))
+    } else {
+        tokio::spawn(haproxy::supervise(haproxy, Duration::from_secs(args.grace), ready_tx, shutdown.clone()))
+    };
     sync::run(applier, rx, ready_rx, shutdown.clone()).await;
     watcher.abort();
     let _ = supervisor.await;
     Ok(())
+}
+
+/// Runs HAProxy and haproxy-sync side by side until `shutdown`, restarting
+/// either when it dies: haproxy-sync (`sync_bin`, run with `sync_args` and
+/// `--external`) drives HAProxy through its sockets, so a crash of it never
+/// takes HAProxy down, and a dead HAProxy is restarted on the last file.
+pub async fn keep(
+    args: Args,
+    sync_bin: std::path::PathBuf,
+    sync_args: Vec<String>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let haproxy = haproxy_for(&args);
+    for path in [&args.config, &args.master_socket, &args.runtime_socket] {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+    }
+    let sync_task = tokio::spawn(keeper::keep_sync(sync_bin, sync_args, shutdown.clone()));
+    // HAProxy starts on the file haproxy-sync writes first (Consul's state,
+    // the file already there, or no routes), once it passes the check.
+    if !keeper::wait_for_config(&haproxy, &shutdown).await {
+        let _ = sync_task.await;
+        return Ok(());
+    }
+    let (ready_tx, _ready_rx) = channel::channel(false);
+    haproxy::supervise(haproxy, Duration::from_secs(args.grace), ready_tx, shutdown.clone()).await;
+    let _ = sync_task.await;
+    Ok(())
+}
+
+fn haproxy_for(args: &Args) -> Haproxy {
+    let env = args
+        .stats_credentials()
+        .iter()
+        .flat_map(|(u, p)| [("STATS_USER".to_owned(), u.clone()), ("STATS_PASSWORD".to_owned(), p.clone())])
+        .collect();
+    Haproxy { bin: args.haproxy.clone(), config: args.config.clone(), master_socket: args.master_socket.clone(), env }
 }
 
 async fn once(

@@ -32,6 +32,10 @@ pub struct SyncOptions {
     pub template_name: String,
     /// Server slots every backend has at least (instances beyond it cost a reload).
     pub min_slots: usize,
+    /// Shell command run instead of a master CLI reload (`--command`).
+    pub reload_command: Option<String>,
+    /// HAProxy is run by someone else (`--external`).
+    pub external: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -183,11 +187,17 @@ impl Applier {
         self.skeleton_in_force = Some(plan.skeleton);
         self.slots = plan.slots;
         if !running {
-            // HAProxy is not running: it reads the file when it starts.
-            self.reload_pending = false;
+            // HAProxy is not running: it reads the file when it starts. One
+            // run by someone else may have read it before this write, and
+            // reloads once it answers.
+            self.reload_pending = self.opts.external;
             return Ok(Applied::Written);
         }
-        if let Err(e) = self.haproxy.reload().await {
+        let reloaded = match &self.opts.reload_command {
+            Some(command) => run_command(command).await,
+            None => self.haproxy.reload().await,
+        };
+        if let Err(e) = reloaded {
             self.metrics.reload_failures.inc();
             return Err(e.into());
         }
@@ -210,6 +220,11 @@ impl Applier {
             .map_err(|source| ApplyError::Write { path: path.display().to_string(), source })
     }
 
+    /// Whether the file holds a change HAProxy has not loaded.
+    pub fn reload_pending(&self) -> bool {
+        self.reload_pending
+    }
+
     fn observe(&self, applied: Applied, elapsed: Duration) {
         let kind = KindLabel { kind: applied.kind() };
         self.metrics.applies.get_or_create(&kind).inc();
@@ -219,6 +234,24 @@ impl Applier {
         for (backend, n) in self.slots.active() {
             self.metrics.servers.get_or_create(&BackendLabel { backend: backend.to_owned() }).set(n as i64);
         }
+    }
+}
+
+/// Runs the user's `--command` with `sh -c`; a non-zero exit is a failed reload.
+async fn run_command(command: &str) -> Result<(), HaproxyError> {
+    let out = tokio::process::Command::new("sh")
+        .arg("-c")
+        .arg(command)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .map_err(|source| HaproxyError::Spawn { bin: "sh".into(), source })?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        let mut msg = format!("`{command}` exited with {}: ", out.status);
+        msg.push_str(String::from_utf8_lossy(&out.stderr).trim());
+        Err(HaproxyError::Reload(msg))
     }
 }
 
@@ -261,7 +294,7 @@ pub async fn settle(rx: &mut watch::Receiver<Option<Catalog>>, min: Duration, ma
 pub async fn run(
     mut applier: Applier,
     mut rx: watch::Receiver<Option<Catalog>>,
-    haproxy_ready: watch::Receiver<bool>,
+    mut haproxy_ready: watch::Receiver<bool>,
     shutdown: CancellationToken,
 ) {
     let (min, max) = (applier.opts.wait_min, applier.opts.wait_max);
@@ -269,9 +302,14 @@ pub async fn run(
     let mut retry = false;
     loop {
         if !retry {
+            let pending = applier.reload_pending();
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 more = settle(&mut rx, min, max) => if !more { return },
+                // HAProxy (re)started: load what was written while it was down.
+                Ok(()) = haproxy_ready.changed(), if pending => {
+                    if !*haproxy_ready.borrow_and_update() { continue }
+                }
             }
         }
         let Some(catalog) = rx.borrow_and_update().clone() else { continue };

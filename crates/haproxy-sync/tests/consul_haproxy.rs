@@ -285,3 +285,99 @@ async fn hostile_metadata_cannot_inject_directives() {
     assert!(!config.contains("injected") && !config.contains("bind :1") && !config.contains("bind :2"), "{config}");
     lb.stop().await;
 }
+
+/// haproxy-keeper with its haproxy-sync, as separate processes.
+struct Keeper {
+    child: std::process::Child,
+    dir: PathBuf,
+    http: u16,
+}
+
+impl Keeper {
+    fn start(consul: &TestConsul) -> Keeper {
+        let http = free_port();
+        let dir = std::env::temp_dir().join(format!("haproxy-keeper-test-{http}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_haproxy-keeper"))
+            .arg(consul.url())
+            .args(["--config", &dir.join("haproxy.cfg").display().to_string()])
+            .args(["--master-socket", &dir.join("master.sock").display().to_string()])
+            .args(["--runtime-socket", &dir.join("admin.sock").display().to_string()])
+            .args(["--bind", "127.0.0.1", "--http-port", &http.to_string(), "--stats-port", &free_port().to_string()])
+            .args(["--wait", "10ms:100ms", "--grace", "1", "--metrics-addr", ""])
+            .env("HAPROXY_SYNC_BIN", env!("CARGO_BIN_EXE_haproxy-sync"))
+            .spawn()
+            .unwrap();
+        Keeper { child, dir, http }
+    }
+
+    /// PIDs of the haproxy-sync processes this keeper runs.
+    fn sync_pids(&self) -> Vec<String> {
+        let out = std::process::Command::new("pgrep")
+            .args(["-f", &format!("haproxy-sync .*{}.*--external", self.dir.display())])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).split_whitespace().map(str::to_owned).collect()
+    }
+}
+
+impl Drop for Keeper {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let _ = self.child.wait();
+        let _ = std::process::Command::new("pkill").arg("-f").arg(self.dir.display().to_string()).status();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[tokio::test]
+async fn haproxy_serves_on_while_haproxy_sync_is_killed_and_comes_back() {
+    let consul = TestConsul::start().await;
+    let (a, b) = (backend().await, backend().await);
+    register(&consul, "h-a", "hello", a, &[]).await;
+    let keeper = Keeper::start(&consul);
+    let url = format!("http://127.0.0.1:{}/hello", keeper.http);
+    eventually("routed through the keeper's HAProxy", LIMIT, || async {
+        let body = reqwest::get(&url).await.map_err(|e| e.to_string())?.text().await.map_err(|e| e.to_string())?;
+        if body.starts_with(&a.to_string()) { Ok(()) } else { Err(body) }
+    })
+    .await;
+
+    // Steady requests while haproxy-sync is killed with SIGKILL.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = tokio::spawn({
+        let (url, stop) = (url.clone(), stop.clone());
+        async move {
+            let (mut ok, mut failed) = (0, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match reqwest::get(&url).await {
+                    Ok(r) if r.status() == 200 => ok += 1,
+                    other => failed.push(format!("{other:?}")),
+                }
+            }
+            (ok, failed)
+        }
+    });
+    let victims = keeper.sync_pids();
+    assert_eq!(victims.len(), 1, "{victims:?}");
+    std::process::Command::new("kill").args(["-9", &victims[0]]).status().unwrap();
+    // It comes back by itself and follows Consul again.
+    eventually("haproxy-sync restarted", LIMIT, || async {
+        let now = keeper.sync_pids();
+        if now.len() == 1 && now != victims { Ok(()) } else { Err(format!("{now:?}")) }
+    })
+    .await;
+    register(&consul, "h-b", "hello", b, &[]).await;
+    eventually("the restarted haproxy-sync routes the new instance", LIMIT, || async {
+        let body = reqwest::get(&url).await.map_err(|e| e.to_string())?.text().await.map_err(|e| e.to_string())?;
+        if body.starts_with(&b.to_string()) { Ok(()) } else { Err(body) }
+    })
+    .await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed) = load.await.unwrap();
+    assert!(failed.is_empty(), "failed requests while haproxy-sync was down: {failed:?}");
+    assert!(ok > 10, "{ok} requests");
+}

@@ -3,7 +3,7 @@
 //! # Layout
 //!
 //! - [`LogFormat`] and [`init_tracing`]: human or JSON logs, filtered by `RUST_LOG`.
-//! - [`shutdown_signal`]: resolves on SIGTERM or SIGINT.
+//! - [`shutdown_signal`] and [`shutdown_token`]: SIGTERM or SIGINT.
 //! - [`go_style_args`]: accepts Go-style `-flag` spellings of long flags.
 //! - [`admin`]: the `/metrics` and `/health` endpoint.
 #![forbid(unsafe_code)]
@@ -41,6 +41,18 @@ pub async fn shutdown_signal() {
         _ = term.recv() => {}
         _ = int.recv() => {}
     }
+}
+
+/// A token cancelled when the process is asked to stop (SIGTERM or SIGINT).
+/// Must be called inside a Tokio runtime.
+pub fn shutdown_token() -> tokio_util::sync::CancellationToken {
+    let token = tokio_util::sync::CancellationToken::new();
+    let cancel = token.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        cancel.cancel();
+    });
+    token
 }
 
 /// Rewrites Go-style single-dash long flags (`-resync=5`, `-internal`) to

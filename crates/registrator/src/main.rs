@@ -25,14 +25,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let consul = consul::Client::new(&settings)?;
     let engine = Engine::connect().context("docker connection")?;
 
-    let shutdown = CancellationToken::new();
-    tokio::spawn({
-        let shutdown = shutdown.clone();
-        async move {
-            ops::shutdown_signal().await;
-            shutdown.cancel();
-        }
-    });
+    let shutdown = ops::shutdown_token();
 
     // Docker must answer before anything can be registered; wait for it.
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));

@@ -1,0 +1,411 @@
+//! haproxy-sync's figures: Consul change → HAProxy serving the new
+//! instance; scaling under steady load (failed requests, reloads); a large
+//! catalog (first apply, one instance change, memory).
+//!
+//! Runs the release `haproxy-sync` binary (with its own HAProxy child)
+//! against a Consul dev agent, with backends on loopback that answer with
+//! their port.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use consul::Registration;
+use futures_util::{StreamExt, stream};
+use serde::Serialize;
+use testkit::{TestConsul, free_port};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::stats::{Summary, rss_mib};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct Opts {
+    /// New instances registered one by one for the latency figure.
+    #[arg(long, default_value_t = 50)]
+    pub changes: usize,
+    /// Scale cycles 1 → 10 → 1 under load.
+    #[arg(long, default_value_t = 10)]
+    pub cycles: usize,
+    /// Services × instances of the large catalog.
+    #[arg(long, default_value_t = 1000)]
+    pub services: usize,
+    #[arg(long, default_value_t = 10)]
+    pub instances: usize,
+    /// Concurrent connections of the steady load.
+    #[arg(long, default_value_t = 8)]
+    pub connections: usize,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct Results {
+    pub quiescence: String,
+    /// Registration in Consul → first answer from the new instance through HAProxy.
+    pub change_to_serving: Summary,
+    pub cycles: usize,
+    pub requests: u64,
+    pub failed_requests: u64,
+    pub failures: Vec<String>,
+    pub reloads_during_scaling: f64,
+    pub runtime_applies_during_scaling: f64,
+    pub scaling_seconds: f64,
+    pub services: usize,
+    pub instances_per_service: usize,
+    /// haproxy-sync started with the catalog in Consul → configuration written.
+    pub first_apply_ms: f64,
+    /// ... → HAProxy routing with it.
+    pub first_serving_ms: f64,
+    /// One more instance registered → HAProxy's runtime state has it (median of 5).
+    pub one_change_ms: f64,
+    pub one_change_samples_ms: Vec<f64>,
+    pub rss_large_mib: f64,
+    pub rss_idle_small_mib: f64,
+}
+
+const WAIT: &str = "25ms:250ms";
+
+pub async fn run(opts: &Opts, bin: &Path, out: &Path) -> anyhow::Result<Results> {
+    let mut results = Results {
+        quiescence: WAIT.into(),
+        cycles: opts.cycles,
+        services: opts.services,
+        instances_per_service: opts.instances,
+        ..Results::default()
+    };
+    latency_and_scaling(opts, bin, out, &mut results).await?;
+    large_catalog(opts, bin, out, &mut results).await?;
+    Ok(results)
+}
+
+async fn latency_and_scaling(opts: &Opts, bin: &Path, out: &Path, results: &mut Results) -> anyhow::Result<()> {
+    let consul = TestConsul::start().await;
+    let client = consul.client();
+    let base = backend().await?;
+    register(&client, "bench-0", "bench", base.port).await?;
+    let sync = Sync::start(bin, &consul, out, "haproxy-sync-small.log")?;
+    sync.wait_routes("/bench", Duration::from_secs(30)).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    results.rss_idle_small_mib = rss_mib(sync.child.id()).unwrap_or_default();
+
+    // 1. Registration → first answer from the new instance.
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(2)).build()?;
+    let url = format!("http://127.0.0.1:{}/bench", sync.http);
+    let mut latencies = Vec::new();
+    for i in 0..opts.changes {
+        let new = backend().await?;
+        let id = format!("bench-new-{i}");
+        let t0 = Instant::now();
+        register(&client, &id, "bench", new.port).await?;
+        loop {
+            if let Ok(resp) = http.get(&url).send().await {
+                if resp.text().await.is_ok_and(|body| body == new.port.to_string()) {
+                    latencies.push(t0.elapsed());
+                    break;
+                }
+            }
+            if t0.elapsed() > Duration::from_secs(10) {
+                bail!("instance {id} not served within 10 s");
+            }
+        }
+        client.deregister(&id).await?;
+        new.stop_after(Duration::from_secs(1));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    results.change_to_serving = Summary::of(&latencies);
+    eprintln!("[haproxy-sync] Consul change → serving (wait {WAIT}): {}", results.change_to_serving);
+
+    // 2. Scale 1 → 10 → 1 under steady load; leaving instances are
+    // deregistered first and stop a second later, as the stack does.
+    let reloads_before = sync.metric("haproxy_sync_applies_total{kind=\"reload\"}").await;
+    let runtime_before = sync.metric("haproxy_sync_applies_total{kind=\"runtime\"}").await;
+    let load = Load::start(&url, opts.connections);
+    let t0 = Instant::now();
+    for cycle in 0..opts.cycles {
+        let mut extra = Vec::new();
+        for i in 1..10 {
+            let b = backend().await?;
+            let id = format!("bench-scale-{cycle}-{i}");
+            register(&client, &id, "bench", b.port).await?;
+            extra.push((id, b));
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        for (id, b) in extra {
+            client.deregister(&id).await?;
+            b.stop_after(Duration::from_secs(1));
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    results.scaling_seconds = t0.elapsed().as_secs_f64();
+    let (requests, failures) = load.stop().await;
+    results.requests = requests;
+    results.failed_requests = failures.len() as u64;
+    results.failures = failures.into_iter().take(20).collect();
+    results.reloads_during_scaling = sync.metric("haproxy_sync_applies_total{kind=\"reload\"}").await - reloads_before;
+    results.runtime_applies_during_scaling =
+        sync.metric("haproxy_sync_applies_total{kind=\"runtime\"}").await - runtime_before;
+    eprintln!(
+        "[haproxy-sync] {} cycles 1→10→1 under load: {} requests, {} failed, {} reloads, {} runtime applies",
+        opts.cycles,
+        results.requests,
+        results.failed_requests,
+        results.reloads_during_scaling,
+        results.runtime_applies_during_scaling
+    );
+    Ok(())
+}
+
+async fn large_catalog(opts: &Opts, bin: &Path, out: &Path, results: &mut Results) -> anyhow::Result<()> {
+    let consul = TestConsul::start().await;
+    let client = consul.client();
+    // Instances point at one backend that answers: checks have a peer.
+    let target = backend().await?;
+    let regs =
+        (0..opts.services).flat_map(|s| (0..opts.instances).map(move |i| (format!("s{s}-{i}"), format!("s{s}"), i)));
+    let registered: Vec<anyhow::Result<()>> = stream::iter(regs)
+        .map(|(id, name, i)| {
+            let client = client.clone();
+            async move {
+                let reg = Registration {
+                    id,
+                    name,
+                    tags: vec!["rest".into()],
+                    address: format!("127.0.{}.{}", 1 + i / 250, 1 + i % 250),
+                    port: target.port,
+                    ..Registration::default()
+                };
+                client.register(&reg).await.context("register")
+            }
+        })
+        .buffer_unordered(32)
+        .collect()
+        .await;
+    registered.into_iter().collect::<anyhow::Result<Vec<()>>>()?;
+    eprintln!("[haproxy-sync] {} services × {} instances registered", opts.services, opts.instances);
+
+    let t0 = Instant::now();
+    let sync = Sync::start(bin, &consul, out, "haproxy-sync-large.log")?;
+    let last = format!("be_s{}", opts.services - 1);
+    loop {
+        if std::fs::read_to_string(&sync.config).is_ok_and(|c| c.contains(&last)) {
+            break;
+        }
+        if t0.elapsed() > Duration::from_secs(120) {
+            bail!("no full configuration after 120 s");
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    results.first_apply_ms = t0.elapsed().as_secs_f64() * 1e3;
+    sync.wait_routes(&format!("/s{}", opts.services - 1), Duration::from_secs(120)).await?;
+    results.first_serving_ms = t0.elapsed().as_secs_f64() * 1e3;
+    eprintln!(
+        "[haproxy-sync] large catalog: configuration written {:.0} ms, serving {:.0} ms after start",
+        results.first_apply_ms, results.first_serving_ms
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // One instance change: an 11th instance of one service, seen in HAProxy's runtime state.
+    for k in 0..5u16 {
+        let svc = format!("s{}", opts.services / 2 + k as usize);
+        let addr = format!("127.0.9.{}", k + 1);
+        let t0 = Instant::now();
+        let reg = Registration {
+            id: format!("{svc}-extra"),
+            name: svc.clone(),
+            tags: vec!["rest".into()],
+            address: addr.clone(),
+            port: target.port,
+            ..Registration::default()
+        };
+        client.register(&reg).await?;
+        loop {
+            let state = runtime(&sync.runtime, &format!("show servers state be_{svc}")).await.unwrap_or_default();
+            if state.lines().any(|l| l.contains(&addr)) {
+                break;
+            }
+            if t0.elapsed() > Duration::from_secs(30) {
+                bail!("instance change not applied within 30 s");
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        results.one_change_samples_ms.push(t0.elapsed().as_secs_f64() * 1e3);
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+    }
+    let mut samples = results.one_change_samples_ms.clone();
+    samples.sort_by(f64::total_cmp);
+    results.one_change_ms = samples[samples.len() / 2];
+    results.rss_large_mib = rss_mib(sync.child.id()).unwrap_or_default();
+    eprintln!(
+        "[haproxy-sync] one instance change → in HAProxy: median {:.1} ms ({:?}); RSS {:.1} MiB",
+        results.one_change_ms, results.one_change_samples_ms, results.rss_large_mib
+    );
+    Ok(())
+}
+
+/// A haproxy-sync process with its HAProxy, on free loopback ports.
+struct Sync {
+    child: Child,
+    dir: PathBuf,
+    config: PathBuf,
+    runtime: PathBuf,
+    http: u16,
+    admin: u16,
+}
+
+impl Sync {
+    fn start(bin: &Path, consul: &TestConsul, out: &Path, log: &str) -> anyhow::Result<Sync> {
+        let (http, admin) = (free_port(), free_port());
+        let dir = std::env::temp_dir().join(format!("portolan-bench-{http}"));
+        std::fs::create_dir_all(&dir)?;
+        let (config, runtime) = (dir.join("haproxy.cfg"), dir.join("admin.sock"));
+        let log = std::fs::File::create(out.join(log))?;
+        let child = Command::new(bin)
+            .arg(consul.url())
+            .args(["--config", &config.display().to_string()])
+            .args(["--master-socket", &dir.join("master.sock").display().to_string()])
+            .args(["--runtime-socket", &runtime.display().to_string()])
+            .args(["--bind", "127.0.0.1", "--http-port", &http.to_string(), "--stats-port", &free_port().to_string()])
+            .args(["--wait", WAIT, "--grace", "1", "--metrics-addr", &format!("127.0.0.1:{admin}")])
+            .args(["--log-format", "json"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("start {} (scripts/bench builds it)", bin.display()))?;
+        Ok(Sync { child, dir, config, runtime, http, admin })
+    }
+
+    async fn wait_routes(&self, path: &str, limit: Duration) -> anyhow::Result<()> {
+        let url = format!("http://127.0.0.1:{}{path}", self.http);
+        let t0 = Instant::now();
+        loop {
+            if reqwest::get(&url).await.is_ok_and(|r| r.status() != 404) {
+                return Ok(());
+            }
+            if t0.elapsed() > limit {
+                bail!("{path} not routed after {limit:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
+    async fn metric(&self, sample: &str) -> f64 {
+        let Ok(resp) = reqwest::get(format!("http://127.0.0.1:{}/metrics", self.admin)).await else { return f64::NAN };
+        let text = resp.text().await.unwrap_or_default();
+        text.lines()
+            .find_map(|l| l.strip_prefix(sample).and_then(|rest| rest.strip_prefix(' ')))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0)
+    }
+}
+
+impl Drop for Sync {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let _ = self.child.wait();
+        let _ = Command::new("pkill").arg("-f").arg(self.dir.display().to_string()).status();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A backend on loopback answering its port to every request.
+struct Backend {
+    port: u16,
+    /// Stops the backend after the delay sent (its drain).
+    stop: tokio::sync::oneshot::Sender<Duration>,
+}
+
+impl Backend {
+    fn stop_after(self, drain: Duration) {
+        let _ = self.stop.send(drain);
+    }
+}
+
+async fn backend() -> anyhow::Result<Backend> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
+    let (tx, rx) = tokio::sync::oneshot::channel::<Duration>();
+    let app = axum::Router::new().fallback(move || async move { port.to_string() });
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                if let Ok(drain) = rx.await {
+                    tokio::time::sleep(drain).await;
+                }
+            })
+            .await;
+    });
+    Ok(Backend { port, stop: tx })
+}
+
+async fn register(client: &consul::Client, id: &str, name: &str, port: u16) -> anyhow::Result<()> {
+    let reg = Registration {
+        id: id.into(),
+        name: name.into(),
+        tags: vec!["rest".into()],
+        address: "127.0.0.1".into(),
+        port,
+        ..Registration::default()
+    };
+    client.register(&reg).await.context("register")
+}
+
+/// Steady load: `n` connections sending requests back to back.
+struct Load {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicU64>,
+    tasks: Vec<tokio::task::JoinHandle<Vec<String>>>,
+}
+
+impl Load {
+    fn start(url: &str, n: usize) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicU64::new(0));
+        let tasks = (0..n)
+            .map(|_| {
+                let (url, stop, ok) = (url.to_owned(), stop.clone(), ok.clone());
+                tokio::spawn(async move {
+                    let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().expect("client");
+                    let mut failures = Vec::new();
+                    while !stop.load(Ordering::Relaxed) {
+                        match http.get(&url).send().await {
+                            Ok(r) if r.status().is_success() => match r.bytes().await {
+                                Ok(_) => {
+                                    ok.fetch_add(1, Ordering::Relaxed);
+                                }
+                                Err(e) => failures.push(format!("body: {e}")),
+                            },
+                            Ok(r) => failures.push(format!("status {}", r.status())),
+                            Err(e) => failures.push(format!("{e}")),
+                        }
+                    }
+                    failures
+                })
+            })
+            .collect();
+        Load { stop, ok, tasks }
+    }
+
+    async fn stop(self) -> (u64, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut failures = Vec::new();
+        for t in self.tasks {
+            failures.extend(t.await.unwrap_or_default());
+        }
+        (self.ok.load(Ordering::Relaxed) + failures.len() as u64, failures)
+    }
+}
+
+/// One command on HAProxy's runtime API.
+async fn runtime(socket: &Path, command: &str) -> std::io::Result<String> {
+    let mut s = tokio::net::UnixStream::connect(socket).await?;
+    s.write_all(format!("{command}\n").as_bytes()).await?;
+    s.shutdown().await?;
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).await?;
+    Ok(answer)
+}
