@@ -65,6 +65,7 @@ pub struct Results {
 }
 
 const WAIT: &str = "25ms:250ms";
+const CONSUL_LIMITS: &str = "limits { http_max_conns_per_client = 4096 }";
 
 pub async fn run(opts: &Opts, bin: &Path, out: &Path) -> anyhow::Result<Results> {
     let mut results = Results {
@@ -160,7 +161,9 @@ async fn latency_and_scaling(opts: &Opts, bin: &Path, out: &Path, results: &mut 
 }
 
 async fn large_catalog(opts: &Opts, bin: &Path, out: &Path, results: &mut Results) -> anyhow::Result<()> {
-    let consul = TestConsul::start().await;
+    // One blocking query per routed service: above Consul's default of 200
+    // connections per client, as the README says.
+    let consul = TestConsul::start_with(&["-hcl", CONSUL_LIMITS]).await;
     let client = consul.client();
     // Instances point at one backend that answers: checks have a peer.
     let target = backend().await?;

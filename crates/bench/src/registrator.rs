@@ -46,6 +46,8 @@ pub struct Results {
     pub kill_converge_ms: f64,
     /// ... of which Docker took this long to carry out the kills.
     pub kill_requests_ms: f64,
+    /// Per killed container: Docker's `kill` event → its service gone from Consul.
+    pub kill_to_gone: Summary,
     pub rss_idle_empty_mib: f64,
     pub rss_idle_loaded_mib: f64,
 }
@@ -65,7 +67,7 @@ pub async fn run(opts: &Opts, bin: &PathBuf, out: &std::path::Path) -> anyhow::R
     // 1. start event → visible in Consul, one container at a time.
     let starts: Arc<Mutex<HashMap<String, SystemTime>>> = Arc::default();
     let seen: Arc<Mutex<HashMap<String, SystemTime>>> = Arc::default();
-    let events = tokio::spawn(record_starts(starts.clone()));
+    let events = tokio::spawn(record_events("start", starts.clone()));
     let watch = tokio::spawn(record_seen(consul.client(), LAT_SERVICE, seen.clone()));
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut latencies = Vec::new();
@@ -109,11 +111,26 @@ pub async fn run(opts: &Opts, bin: &PathBuf, out: &std::path::Path) -> anyhow::R
 
     // 3. Kill some at once.
     let killed = &ids[..results.killed];
+    let dies: Arc<Mutex<HashMap<String, SystemTime>>> = Arc::default();
+    let gone: Arc<Mutex<HashMap<String, SystemTime>>> = Arc::default();
+    let events = tokio::spawn(record_events("kill", dies.clone()));
+    let watch = tokio::spawn(record_gone(consul.client(), MANY_SERVICE, gone.clone()));
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let t0 = Instant::now();
     scene.kill(killed).await?;
     results.kill_requests_ms = t0.elapsed().as_secs_f64() * 1e3;
     wait_for(&consul, MANY_SERVICE, opts.running - results.killed, Duration::from_secs(30)).await?;
     results.kill_converge_ms = t0.elapsed().as_secs_f64() * 1e3;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    events.abort();
+    watch.abort();
+    let (kills, gone) = (dies.lock().unwrap().clone(), gone.lock().unwrap().clone());
+    let lags: Vec<Duration> = killed
+        .iter()
+        .filter_map(|id| Some(gone.get(id)?.duration_since(*kills.get(id)?).unwrap_or_default()))
+        .collect();
+    results.kill_to_gone = Summary::of(&lags);
+    eprintln!("[registrator] per container: kill event → gone from Consul: {}", results.kill_to_gone);
     eprintln!(
         "[registrator] kill {} at once (Docker answered all kills in {:.0} ms) → Consul matches in {:.0} ms",
         results.killed, results.kill_requests_ms, results.kill_converge_ms
@@ -161,12 +178,12 @@ fn spawn(bin: &PathBuf, consul: &TestConsul, log: &std::path::Path) -> anyhow::R
     Ok(Registrator(child))
 }
 
-/// Records Docker's `start` events: container ID → event time.
-async fn record_starts(starts: Arc<Mutex<HashMap<String, SystemTime>>>) {
+/// Records Docker's `action` events: container ID → event time.
+async fn record_events(action: &str, starts: Arc<Mutex<HashMap<String, SystemTime>>>) {
     let Ok(engine) = registrator::docker::Engine::connect() else { return };
     let mut events = Box::pin(engine.events(None));
     while let Some(Ok(ev)) = events.next().await {
-        if ev.action.as_deref() != Some("start") {
+        if ev.action.as_deref() != Some(action) {
             continue;
         }
         let (Some(actor), Some(nanos)) = (ev.actor, ev.time_nano) else { continue };
@@ -193,6 +210,30 @@ async fn record_seen(client: consul::Client, service: &str, seen: Arc<Mutex<Hash
                 seen.entry(container.clone()).or_insert(now);
             }
         }
+    }
+}
+
+/// Records when each container's instance of `service` leaves Consul's health API.
+async fn record_gone(client: consul::Client, service: &str, gone: Arc<Mutex<HashMap<String, SystemTime>>>) {
+    let mut index = 0;
+    let mut present: std::collections::HashSet<String> = Default::default();
+    loop {
+        let Ok(res) = client.health_service(service, index, Duration::from_secs(30)).await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let now = SystemTime::now();
+        index = consul::blocking::next_index(index, res.index);
+        let seen: std::collections::HashSet<String> = res
+            .value
+            .iter()
+            .filter_map(|e| e.service.meta.get(registrator::service::CONTAINER_META).cloned())
+            .collect();
+        let mut gone = gone.lock().unwrap();
+        for left in present.difference(&seen) {
+            gone.entry(left.clone()).or_insert(now);
+        }
+        present = seen;
     }
 }
 

@@ -195,7 +195,7 @@ async fn once(
         rx.mark_unchanged();
         let plan = applier.plan(&catalog)?;
         if args.dry_run {
-            println!("{}", plan.text);
+            println!("{}", applier.text(&plan)?);
         } else {
             let applied = applier.apply(plan, args.master_socket.exists()).await?;
             info!(?applied, "configuration applied");

@@ -70,12 +70,15 @@ impl Applied {
     }
 }
 
-/// A configuration ready to apply: its text, its structure (the text with
-/// every server slot free) and the slot layout behind it.
+/// A configuration ready to apply: the template's service data laid out on
+/// server slots, its structure (the same with every slot free) and the slot
+/// layout. The template is fixed for the life of the process, so equal data
+/// renders equal text: comparing data decides runtime or reload without
+/// rendering anything.
 #[derive(Clone, Debug)]
 pub struct Plan {
-    pub text: String,
-    skeleton: String,
+    services: Vec<model::Service>,
+    skeleton: Vec<model::Service>,
     slots: Slots,
 }
 
@@ -86,9 +89,10 @@ pub struct Applier {
     opts: SyncOptions,
     metrics: Metrics,
     /// The text of the configuration file.
-    in_force: Option<String>,
-    /// The structure and slot layout HAProxy runs with.
-    skeleton_in_force: Option<String>,
+    file_text: Option<String>,
+    /// The service data, structure and slot layout HAProxy runs with.
+    in_force: Option<Vec<model::Service>>,
+    skeleton_in_force: Option<Vec<model::Service>>,
     slots: Slots,
     /// The file changed but HAProxy has not loaded it yet.
     reload_pending: bool,
@@ -101,6 +105,7 @@ impl Applier {
             renderer,
             opts,
             metrics,
+            file_text: None,
             in_force: None,
             skeleton_in_force: None,
             slots: Slots::default(),
@@ -116,9 +121,13 @@ impl Applier {
             warn!(service = %s.service, reason = %s.reason, "service not routed");
         }
         let (slots, services) = self.slots.layout(&services, self.opts.min_slots);
-        let text = self.renderer.render(&self.config(services.clone()))?;
-        let skeleton = self.renderer.render(&self.config(slots::skeleton(&services)))?;
-        Ok(Plan { text, skeleton, slots })
+        let skeleton = slots::skeleton(&services);
+        Ok(Plan { services, skeleton, slots })
+    }
+
+    /// The configuration text of `plan`.
+    pub fn text(&self, plan: &Plan) -> Result<String, RenderError> {
+        self.renderer.render(&self.config(plan.services.clone()))
     }
 
     fn config(&self, services: Vec<model::Service>) -> Config {
@@ -139,7 +148,7 @@ impl Applier {
         let Ok(text) = std::fs::read_to_string(&self.haproxy.config) else { return false };
         match self.haproxy.check(&self.haproxy.config).await {
             Ok(()) => {
-                self.in_force = Some(text);
+                self.file_text = Some(text);
                 true
             }
             Err(e) => {
@@ -155,21 +164,24 @@ impl Applier {
     /// refuses is never written) and, when `running`, reloaded. A plan equal
     /// to what is in force is not applied again; a failed reload is retried.
     pub async fn apply(&mut self, plan: Plan, running: bool) -> Result<Applied, ApplyError> {
-        if self.in_force.as_deref() == Some(plan.text.as_str()) && !self.reload_pending {
-            self.slots = plan.slots;
+        if self.in_force.as_ref() == Some(&plan.services) && !self.reload_pending {
             return Ok(Applied::Unchanged);
         }
-        if running && !self.reload_pending && self.skeleton_in_force.as_deref() == Some(plan.skeleton.as_str()) {
+        if running && !self.reload_pending && self.skeleton_in_force.as_ref() == Some(&plan.skeleton) {
             if let Some(commands) = self.slots.commands_to(&plan.slots) {
                 match self.haproxy.runtime(&self.opts.runtime_socket, &commands).await {
                     Ok(()) => {
                         debug!(commands = commands.len(), "instances changed through the runtime API");
-                        self.slots = plan.slots;
                         // For restarts: the file says what the runtime now does.
-                        if let Err(e) = self.write_checked(&plan.text).await {
-                            error!(error = %e, "runtime change applied, but the configuration file was not updated");
+                        match self.text(&plan) {
+                            Ok(text) => match self.write_checked(&text).await {
+                                Ok(()) => self.file_text = Some(text),
+                                Err(e) => error!(error = %e, "runtime change applied; the file was not updated"),
+                            },
+                            Err(e) => error!(error = %e, "runtime change applied; the file was not rendered"),
                         }
-                        self.in_force = Some(plan.text);
+                        self.slots = plan.slots;
+                        self.in_force = Some(plan.services);
                         return Ok(Applied::Runtime);
                     }
                     Err(e) => {
@@ -179,13 +191,18 @@ impl Applier {
                 }
             }
         }
-        if self.in_force.as_deref() != Some(plan.text.as_str()) {
-            self.write_checked(&plan.text).await?;
-            self.in_force = Some(plan.text);
+        let text = self.text(&plan)?;
+        if self.file_text.as_deref() != Some(text.as_str()) {
+            self.write_checked(&text).await?;
+            self.file_text = Some(text);
             self.reload_pending = true;
+        } else if !self.reload_pending {
+            // The file HAProxy serves already says this (a restarted
+            // haproxy-sync, or data the template does not show).
+            self.adopt(plan);
+            return Ok(Applied::Unchanged);
         }
-        self.skeleton_in_force = Some(plan.skeleton);
-        self.slots = plan.slots;
+        self.adopt(plan);
         if !running {
             // HAProxy is not running: it reads the file when it starts. One
             // run by someone else may have read it before this write, and
@@ -218,6 +235,12 @@ impl Applier {
         }
         std::fs::rename(&candidate, path)
             .map_err(|source| ApplyError::Write { path: path.display().to_string(), source })
+    }
+
+    fn adopt(&mut self, plan: Plan) {
+        self.skeleton_in_force = Some(plan.skeleton);
+        self.in_force = Some(plan.services);
+        self.slots = plan.slots;
     }
 
     /// Whether the file holds a change HAProxy has not loaded.

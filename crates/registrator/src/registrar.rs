@@ -192,10 +192,15 @@ impl Registrar {
         if self.retained.lock().expect("lock").contains_key(id) {
             return Ok(());
         }
-        let container = self.engine.inspect(id).await?;
-        let want = match &container {
-            Some(c) if !stopping => self.desired(c),
-            _ => Vec::new(),
+        // A container asked to stop wants nothing: no need to ask Docker,
+        // which may hold its inspect until the stop is done.
+        let want = if stopping {
+            Vec::new()
+        } else {
+            match self.engine.inspect(id).await? {
+                Some(c) => self.desired(&c),
+                None => Vec::new(),
+            }
         };
         let had = self.known.lock().expect("lock").get(id).cloned().unwrap_or_default();
         for old in had.iter().filter(|old| !want.iter().any(|w| w.id == old.id)) {
