@@ -116,14 +116,16 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
     let running = args.command.is_some() || (args.external && haproxy.master("show proc").await.is_ok());
     match catalog {
         Some(catalog) => {
-            applier.apply(applier.plan(&catalog)?, running).await.context("first configuration")?;
+            let plan = applier.plan(&catalog)?;
+            applier.apply(plan, running).await.context("first configuration")?;
         }
         None if applier.adopt_existing().await => {
             info!("Consul has not answered yet; starting with the configuration on disk")
         }
         None => {
             warn!("Consul has not answered yet; starting with no routes");
-            applier.apply(applier.plan(&Default::default())?, false).await.context("empty configuration")?;
+            let plan = applier.plan(&Default::default())?;
+            applier.apply(plan, false).await.context("empty configuration")?;
         }
     }
 

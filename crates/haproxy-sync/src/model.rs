@@ -3,16 +3,27 @@
 //! template is sanitised here, so nothing a container puts in its name,
 //! tags or Meta can add a directive to HAProxy's configuration.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 use consul::HealthStatus;
 use serde::Serialize;
 
-/// What Consul says about the routed services: the watcher's output.
+/// What Consul says about the routed services: the watcher's output. Each
+/// service's instances are shared, so a catalog is cheap to copy and a
+/// service that did not change is recognised by pointer.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Catalog {
-    pub services: BTreeMap<String, Vec<Instance>>,
+    pub services: BTreeMap<String, Arc<Vec<Instance>>>,
+}
+
+/// The routing rules' result for each service, reused while its instances
+/// are the same (`Arc::ptr_eq`): with a thousand services, one change
+/// recomputes one.
+#[derive(Debug, Default)]
+pub struct Cache {
+    entries: HashMap<String, (Arc<Vec<Instance>>, Result<Service, String>)>,
 }
 
 /// One instance of a service, as Consul's health endpoint reports it.
@@ -110,10 +121,24 @@ pub fn routable(status: HealthStatus) -> bool {
 /// prefixes win. Services whose settings cannot be made safe are skipped
 /// with a reason; the others are unaffected.
 pub fn services(catalog: &Catalog) -> (Vec<Service>, Vec<Skipped>) {
+    services_cached(catalog, &mut Cache::default())
+}
+
+/// [`services`], reusing `cache` for services whose instances did not change.
+pub fn services_cached(catalog: &Catalog, cache: &mut Cache) -> (Vec<Service>, Vec<Skipped>) {
     let mut out: Vec<Service> = Vec::new();
     let mut skipped = Vec::new();
+    cache.entries.retain(|name, _| catalog.services.contains_key(name));
     for (raw_name, instances) in &catalog.services {
-        match service(raw_name, instances) {
+        let result = match cache.entries.get(raw_name) {
+            Some((seen, result)) if Arc::ptr_eq(seen, instances) => result.clone(),
+            _ => {
+                let result = service(raw_name, instances);
+                cache.entries.insert(raw_name.clone(), (instances.clone(), result.clone()));
+                result
+            }
+        };
+        match result {
             Ok(svc) => {
                 if let Some(other) =
                     out.iter().find(|o| o.backend == svc.backend || (o.path == svc.path && o.host == svc.host))
@@ -263,7 +288,7 @@ mod tests {
     }
 
     fn catalog(entries: &[(&str, Vec<Instance>)]) -> Catalog {
-        Catalog { services: entries.iter().map(|(n, i)| (n.to_string(), i.clone())).collect() }
+        Catalog { services: entries.iter().map(|(n, i)| (n.to_string(), Arc::new(i.clone()))).collect() }
     }
 
     #[test]
@@ -350,5 +375,27 @@ mod tests {
     fn unusable_addresses_are_not_routed() {
         let (s, _) = services(&catalog(&[("h", vec![inst("a", "not-an-ip", HealthStatus::Passing, &[])])]));
         assert!(s[0].servers.is_empty());
+    }
+
+    #[test]
+    fn the_cache_recomputes_only_services_whose_instances_changed() {
+        let mut cache = Cache::default();
+        let mut cat = catalog(&[
+            ("a", vec![inst("a1", "10.0.0.1", HealthStatus::Passing, &[])]),
+            ("b", vec![inst("b1", "10.0.0.2", HealthStatus::Passing, &[])]),
+        ]);
+        let (first, _) = services_cached(&cat, &mut cache);
+        assert_eq!(first, services(&cat).0);
+        // b changes (a new Arc); a keeps its Arc and its cached result.
+        cat.services.insert("b".into(), Arc::new(vec![inst("b1", "10.0.0.9", HealthStatus::Passing, &[])]));
+        let (second, _) = services_cached(&cat, &mut cache);
+        assert_eq!(second, services(&cat).0);
+        let b = second.iter().find(|s| s.name == "b").unwrap();
+        assert_eq!(b.servers[0].address, "10.0.0.9:80");
+        // A service that left is forgotten.
+        cat.services.remove("a");
+        let (third, _) = services_cached(&cat, &mut cache);
+        assert_eq!(third.len(), 1);
+        assert_eq!(cache.entries.len(), 1);
     }
 }

@@ -95,7 +95,7 @@ mod tests {
             tags: vec![],
             meta: Default::default(),
         };
-        let catalog = Catalog { services: [("hello".to_owned(), vec![inst])].into() };
+        let catalog = Catalog { services: [("hello".to_owned(), std::sync::Arc::new(vec![inst]))].into() };
         let text = Renderer::default_template().render(&config(&catalog)).unwrap();
         for needle in [
             "acl path_be_hello path /hello\n",

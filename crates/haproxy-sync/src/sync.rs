@@ -96,6 +96,10 @@ pub struct Applier {
     slots: Slots,
     /// The file changed but HAProxy has not loaded it yet.
     reload_pending: bool,
+    cache: model::Cache,
+    /// When the last apply reached HAProxy (runtime commands answered or
+    /// reload confirmed), for latency figures.
+    effective_at: Option<Instant>,
 }
 
 impl Applier {
@@ -110,13 +114,15 @@ impl Applier {
             skeleton_in_force: None,
             slots: Slots::default(),
             reload_pending: false,
+            cache: model::Cache::default(),
+            effective_at: None,
         }
     }
 
     /// The configuration for `catalog`, laid out on the slots in force.
     /// Services that cannot be routed safely are left out and logged.
-    pub fn plan(&self, catalog: &Catalog) -> Result<Plan, RenderError> {
-        let (services, skipped) = model::services(catalog);
+    pub fn plan(&mut self, catalog: &Catalog) -> Result<Plan, RenderError> {
+        let (services, skipped) = model::services_cached(catalog, &mut self.cache);
         for s in skipped {
             warn!(service = %s.service, reason = %s.reason, "service not routed");
         }
@@ -171,6 +177,7 @@ impl Applier {
             if let Some(commands) = self.slots.commands_to(&plan.slots) {
                 match self.haproxy.runtime(&self.opts.runtime_socket, &commands).await {
                     Ok(()) => {
+                        self.effective_at = Some(Instant::now());
                         debug!(commands = commands.len(), "instances changed through the runtime API");
                         // For restarts: the file says what the runtime now does.
                         match self.text(&plan) {
@@ -218,6 +225,7 @@ impl Applier {
             self.metrics.reload_failures.inc();
             return Err(e.into());
         }
+        self.effective_at = Some(Instant::now());
         self.reload_pending = false;
         Ok(Applied::Reloaded)
     }
@@ -248,15 +256,19 @@ impl Applier {
         self.reload_pending
     }
 
-    fn observe(&self, applied: Applied, elapsed: Duration) {
+    /// Counts an apply that started at `started`; returns its latency: until
+    /// HAProxy had the change (the file may be written after).
+    fn observe(&self, applied: Applied, started: Instant) -> Duration {
+        let latency = self.effective_at.filter(|t| *t >= started).unwrap_or_else(Instant::now) - started;
         let kind = KindLabel { kind: applied.kind() };
         self.metrics.applies.get_or_create(&kind).inc();
-        self.metrics.apply_seconds.get_or_create(&kind).observe(elapsed.as_secs_f64());
+        self.metrics.apply_seconds.get_or_create(&kind).observe(latency.as_secs_f64());
         self.metrics.mark_applied();
         self.metrics.servers.clear();
         for (backend, n) in self.slots.active() {
             self.metrics.servers.get_or_create(&BackendLabel { backend: backend.to_owned() }).set(n as i64);
         }
+        latency
     }
 }
 
@@ -337,7 +349,7 @@ pub async fn run(
         }
         let Some(catalog) = rx.borrow_and_update().clone() else { continue };
         let started = Instant::now();
-        let plan = match applier.plan(&catalog) {
+        let planned = match applier.plan(&catalog) {
             Ok(plan) => plan,
             Err(e) => {
                 error!(error = %e, "render failed; the configuration in force stays");
@@ -345,16 +357,19 @@ pub async fn run(
                 continue;
             }
         };
+        let plan_ms = started.elapsed().as_secs_f64() * 1e3;
         let running = *haproxy_ready.borrow();
-        match applier.apply(plan, running).await {
+        match applier.apply(planned, running).await {
             Ok(Applied::Unchanged) => retry = false,
             Ok(applied) => {
                 retry = false;
                 backoff.reset();
-                applier.observe(applied, started.elapsed());
+                let latency = applier.observe(applied, started);
                 info!(
                     ?applied,
                     services = catalog.services.len(),
+                    plan_ms,
+                    effective_ms = latency.as_secs_f64() * 1e3,
                     elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
                     "configuration applied"
                 );

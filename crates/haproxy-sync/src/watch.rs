@@ -61,7 +61,7 @@ pub async fn run(
 
     let mut watches: HashMap<String, (CancellationToken, JoinHandle<()>)> = HashMap::new();
     let mut names: Option<HashSet<String>> = None;
-    let mut instances: BTreeMap<String, Vec<Instance>> = BTreeMap::new();
+    let mut instances: BTreeMap<String, Arc<Vec<Instance>>> = BTreeMap::new();
     let start = |name: &str| {
         let token = shutdown.child_token();
         let task = tokio::spawn(watch_service(
@@ -107,7 +107,7 @@ pub async fn run(
 fn apply(
     update: Update,
     names: &mut Option<HashSet<String>>,
-    instances: &mut BTreeMap<String, Vec<Instance>>,
+    instances: &mut BTreeMap<String, Arc<Vec<Instance>>>,
     watches: &mut HashMap<String, (CancellationToken, JoinHandle<()>)>,
     start: &dyn Fn(&str) -> (CancellationToken, JoinHandle<()>),
 ) {
@@ -131,8 +131,10 @@ fn apply(
             *names = Some(new);
         }
         Update::Instances(name, list) => {
-            if watches.contains_key(&name) {
-                instances.insert(name, list);
+            // A new Arc only when the instances changed: unchanged services
+            // keep theirs, and everything downstream recognises them.
+            if watches.contains_key(&name) && instances.get(&name).is_none_or(|old| **old != list) {
+                instances.insert(name, Arc::new(list));
             }
         }
     }

@@ -225,7 +225,9 @@ async fn stats_page_needs_the_credentials() {
     let consul = TestConsul::start().await;
     let lb = Lb::start(&consul, &[]).await;
     let url = format!("http://127.0.0.1:{}/", lb.stats);
-    let http = reqwest::Client::new();
+    // A connection per request: HAProxy may close one after a 401, and a
+    // reused connection would race that close.
+    let http = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
     assert_eq!(http.get(&url).send().await.unwrap().status().as_u16(), 401);
     assert_eq!(http.get(&url).basic_auth("admin", Some("wrong")).send().await.unwrap().status().as_u16(), 401);
     assert_eq!(http.get(&url).basic_auth("admin", Some("s3cret")).send().await.unwrap().status().as_u16(), 200);
