@@ -23,8 +23,11 @@ pub struct Catalog {
 /// recomputes one.
 #[derive(Debug, Default)]
 pub struct Cache {
-    entries: HashMap<String, (Arc<Vec<Instance>>, Result<Service, String>)>,
+    entries: HashMap<String, CacheEntry>,
 }
+
+/// The instances a result was computed from, and the result.
+type CacheEntry = (Arc<Vec<Instance>>, Result<Service, String>);
 
 /// One instance of a service, as Consul's health endpoint reports it.
 #[derive(Clone, Debug, PartialEq, Eq)]
