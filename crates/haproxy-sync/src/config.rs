@@ -71,6 +71,9 @@ pub struct Args {
     /// Print configurations to stdout instead of writing them and running HAProxy.
     #[arg(long)]
     pub dry_run: bool,
+    /// Service that gets the requests no route matches (default: a 404).
+    #[arg(long, env = "HAPROXY_SYNC_DEFAULT_SERVICE", value_name = "NAME")]
+    pub default_service: Option<String>,
     /// Server slots each backend has at least: instances up to this many
     /// come and go through the runtime API, without a reload.
     #[arg(long, default_value_t = 16, value_name = "N")]

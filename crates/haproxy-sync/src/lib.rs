@@ -76,6 +76,7 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
         min_slots: args.min_slots,
         reload_command: args.command.clone(),
         external: args.external,
+        default_service: args.default_service.clone(),
     };
     let metrics = Metrics::default();
     let mut applier = Applier::new(haproxy.clone(), renderer, opts, metrics.clone());

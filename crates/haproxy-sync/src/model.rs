@@ -69,6 +69,9 @@ pub struct Config {
     pub runtime_socket: String,
     pub hard_stop_after: String,
     pub template: String,
+    /// Backend for requests no route matches: `no_route` (a 404), or that
+    /// of the `--default-service`.
+    pub default_backend: String,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq)]

@@ -82,6 +82,7 @@ mod tests {
             runtime_socket: "/run/admin.sock".into(),
             hard_stop_after: "30s".into(),
             template: "t".into(),
+            default_backend: "no_route".into(),
         }
     }
 

@@ -36,6 +36,8 @@ pub struct SyncOptions {
     pub reload_command: Option<String>,
     /// HAProxy is run by someone else (`--external`).
     pub external: bool,
+    /// Service that gets requests no route matches (`--default-service`).
+    pub default_service: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -137,7 +139,14 @@ impl Applier {
     }
 
     fn config(&self, services: Vec<model::Service>) -> Config {
+        let default_backend = self
+            .opts
+            .default_service
+            .as_deref()
+            .and_then(|name| services.iter().find(|s| s.name == name))
+            .map_or_else(|| "no_route".to_owned(), |s| s.backend.clone());
         Config {
+            default_backend,
             services,
             bind: self.opts.bind.clone(),
             http_port: self.opts.http_port,

@@ -178,6 +178,18 @@ async fn routes_by_prefix_strips_it_and_balances_round_robin() {
 }
 
 #[tokio::test]
+async fn unmatched_requests_go_to_the_default_service_when_one_is_named() {
+    let consul = TestConsul::start().await;
+    let (a, b) = (backend().await, backend().await);
+    register(&consul, "h-a", "hello", a, &[]).await;
+    register(&consul, "w", "web", b, &[]).await;
+    let lb = Lb::start(&consul, &["--default-service", "web"]).await;
+    lb.wait_ports("/hello", &[a]).await;
+    assert_eq!(lb.get("/somewhere/else").await.unwrap(), (200, format!("{b} /somewhere/else")));
+    lb.stop().await;
+}
+
+#[tokio::test]
 async fn follows_scaling_and_health() {
     let consul = TestConsul::start().await;
     let (a, b, c) = (backend().await, backend().await, backend().await);
@@ -243,8 +255,8 @@ async fn a_config_haproxy_refuses_is_never_loaded_and_routing_goes_on() {
     // A template that writes a bogus directive when a service named "breaker" exists.
     let template = std::env::temp_dir().join(format!("breaking-{a}.hbs"));
     let source = haproxy_sync::render::DEFAULT_TEMPLATE.replace(
-        "    default_backend no_route",
-        "{{#each services}}{{#if (eq name \"breaker\")}}    this-is-not-a-directive\n{{/if}}{{/each}}    default_backend no_route",
+        "    default_backend {{default_backend}}",
+        "{{#each services}}{{#if (eq name \"breaker\")}}    this-is-not-a-directive\n{{/if}}{{/each}}    default_backend {{default_backend}}",
     );
     std::fs::write(&template, source).unwrap();
     let lb = Lb::start(&consul, &["--template", &template.display().to_string()]).await;
