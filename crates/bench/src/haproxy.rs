@@ -269,17 +269,28 @@ async fn large_catalog(opts: &Opts, bin: &Path, out: &Path, results: &mut Result
 }
 
 /// A haproxy-sync process with its HAProxy, on free loopback ports.
-struct Sync {
-    child: Child,
-    dir: PathBuf,
+pub(crate) struct Sync {
+    pub(crate) child: Child,
+    pub(crate) dir: PathBuf,
     config: PathBuf,
     runtime: PathBuf,
-    http: u16,
+    pub(crate) http: u16,
     admin: u16,
 }
 
 impl Sync {
     fn start(bin: &Path, consul: &TestConsul, out: &Path, log: &str) -> anyhow::Result<Sync> {
+        Self::start_with(bin, consul, out, log, |_| Vec::new())
+    }
+
+    /// Starts haproxy-sync with extra arguments made from its directory.
+    pub(crate) fn start_with(
+        bin: &Path,
+        consul: &TestConsul,
+        out: &Path,
+        log: &str,
+        extra: impl FnOnce(&Path) -> Vec<String>,
+    ) -> anyhow::Result<Sync> {
         let (http, admin) = (free_port(), free_port());
         let dir = std::env::temp_dir().join(format!("portolan-bench-{http}"));
         std::fs::create_dir_all(&dir)?;
@@ -293,6 +304,7 @@ impl Sync {
             .args(["--bind", "127.0.0.1", "--http-port", &http.to_string(), "--stats-port", &free_port().to_string()])
             .args(["--wait", WAIT, "--grace", "1", "--metrics-addr", &format!("127.0.0.1:{admin}")])
             .args(["--log-format", "json"])
+            .args(extra(&dir))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -301,7 +313,7 @@ impl Sync {
         Ok(Sync { child, dir, config, runtime, http, admin })
     }
 
-    async fn wait_routes(&self, path: &str, limit: Duration) -> anyhow::Result<()> {
+    pub(crate) async fn wait_routes(&self, path: &str, limit: Duration) -> anyhow::Result<()> {
         let url = format!("http://127.0.0.1:{}{path}", self.http);
         let t0 = Instant::now();
         loop {
@@ -315,7 +327,7 @@ impl Sync {
         }
     }
 
-    async fn metric(&self, sample: &str) -> f64 {
+    pub(crate) async fn metric(&self, sample: &str) -> f64 {
         let Ok(resp) = reqwest::get(format!("http://127.0.0.1:{}/metrics", self.admin)).await else { return f64::NAN };
         let text = resp.text().await.unwrap_or_default();
         text.lines()
@@ -335,19 +347,19 @@ impl Drop for Sync {
 }
 
 /// A backend on loopback answering its port to every request.
-struct Backend {
-    port: u16,
+pub(crate) struct Backend {
+    pub(crate) port: u16,
     /// Stops the backend after the delay sent (its drain).
     stop: tokio::sync::oneshot::Sender<Duration>,
 }
 
 impl Backend {
-    fn stop_after(self, drain: Duration) {
+    pub(crate) fn stop_after(self, drain: Duration) {
         let _ = self.stop.send(drain);
     }
 }
 
-async fn backend() -> anyhow::Result<Backend> {
+pub(crate) async fn backend() -> anyhow::Result<Backend> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let port = listener.local_addr()?.port();
     let (tx, rx) = tokio::sync::oneshot::channel::<Duration>();
@@ -364,7 +376,7 @@ async fn backend() -> anyhow::Result<Backend> {
     Ok(Backend { port, stop: tx })
 }
 
-async fn register(client: &consul::Client, id: &str, name: &str, port: u16) -> anyhow::Result<()> {
+pub(crate) async fn register(client: &consul::Client, id: &str, name: &str, port: u16) -> anyhow::Result<()> {
     let reg = Registration {
         id: id.into(),
         name: name.into(),

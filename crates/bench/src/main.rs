@@ -5,6 +5,8 @@
 
 mod docker;
 mod haproxy;
+mod modes;
+mod plot;
 mod registrator;
 mod stats;
 
@@ -34,6 +36,8 @@ enum Scenario {
     Registrator(registrator::Opts),
     /// Consul change → serving latency, scaling under load, a large catalog.
     HaproxySync(haproxy::Opts),
+    /// The same changes under load, applied three ways: runtime API, reload, haproxy -sf.
+    ApplyModes(modes::Opts),
 }
 
 #[tokio::main]
@@ -48,6 +52,13 @@ async fn main() -> anyhow::Result<()> {
         Scenario::HaproxySync(opts) => {
             let results = haproxy::run(opts, &cli.bin_dir.join("haproxy-sync"), &cli.out).await?;
             write(&cli.out, "haproxy-sync", &results)?;
+        }
+        Scenario::ApplyModes(opts) => {
+            let runs = modes::run(opts, &cli.bin_dir.join("haproxy-sync"), &cli.out).await?;
+            write(&cli.out, "apply-modes", &runs)?;
+            let png = cli.out.join("apply-modes.png");
+            plot::apply_modes(&runs, &png)?;
+            eprintln!("wrote {}", png.display());
         }
     }
     Ok(())

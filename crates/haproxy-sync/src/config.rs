@@ -71,6 +71,10 @@ pub struct Args {
     /// Print configurations to stdout instead of writing them and running HAProxy.
     #[arg(long)]
     pub dry_run: bool,
+    /// How instance changes reach HAProxy: `runtime` (the runtime API when
+    /// only instances changed, else a reload) or `reload` (always reload).
+    #[arg(long, value_enum, default_value = "runtime")]
+    pub apply: ApplyMode,
     /// Service that gets the requests no route matches (default: a 404).
     #[arg(long, env = "HAPROXY_SYNC_DEFAULT_SERVICE", value_name = "NAME")]
     pub default_service: Option<String>,
@@ -94,6 +98,16 @@ impl Args {
             _ => None,
         }
     }
+}
+
+/// How changes reach a running HAProxy.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum ApplyMode {
+    /// The runtime API for instance changes; a reload for structural ones.
+    #[default]
+    Runtime,
+    /// A reload for every change.
+    Reload,
 }
 
 /// Parses `MIN:MAX` (or a single `MIN`, with MAX = 4 × MIN), e.g. `25ms:250ms`.

@@ -77,6 +77,7 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
         reload_command: args.command.clone(),
         external: args.external,
         default_service: args.default_service.clone(),
+        runtime_api: args.apply == config::ApplyMode::Runtime,
     };
     let metrics = Metrics::default();
     let mut applier = Applier::new(haproxy.clone(), renderer, opts, metrics.clone());

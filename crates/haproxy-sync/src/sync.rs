@@ -38,6 +38,8 @@ pub struct SyncOptions {
     pub external: bool,
     /// Service that gets requests no route matches (`--default-service`).
     pub default_service: Option<String>,
+    /// Whether instance changes may use the runtime API (`--apply runtime`).
+    pub runtime_api: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -182,7 +184,11 @@ impl Applier {
         if self.in_force.as_ref() == Some(&plan.services) && !self.reload_pending {
             return Ok(Applied::Unchanged);
         }
-        if running && !self.reload_pending && self.skeleton_in_force.as_ref() == Some(&plan.skeleton) {
+        if self.opts.runtime_api
+            && running
+            && !self.reload_pending
+            && self.skeleton_in_force.as_ref() == Some(&plan.skeleton)
+        {
             if let Some(commands) = self.slots.commands_to(&plan.slots) {
                 match self.haproxy.runtime(&self.opts.runtime_socket, &commands).await {
                     Ok(()) => {
