@@ -29,14 +29,35 @@ pub struct Opts {
     /// Scale cycles 1 → 10 → 1 under load.
     #[arg(long, default_value_t = 10)]
     pub cycles: usize,
-    /// Services × instances of the large catalog.
-    #[arg(long, default_value_t = 1000)]
-    pub services: usize,
+    /// Sizes of the large catalogs, in services (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "1000")]
+    pub sizes: Vec<usize>,
+    /// Instances per service in the large catalogs.
     #[arg(long, default_value_t = 10)]
     pub instances: usize,
     /// Concurrent connections of the steady load.
     #[arg(long, default_value_t = 8)]
     pub connections: usize,
+}
+
+/// A large catalog: services × instances registered, then haproxy-sync started.
+#[derive(Debug, Default, Serialize)]
+pub struct Large {
+    pub services: usize,
+    pub instances_per_service: usize,
+    /// haproxy-sync started with the catalog in Consul → configuration written.
+    pub first_apply_ms: f64,
+    /// ... → HAProxy routing with it.
+    pub first_serving_ms: f64,
+    /// One more instance registered → HAProxy's runtime state has it (median of 5).
+    pub one_change_ms: f64,
+    pub one_change_samples_ms: Vec<f64>,
+    /// The apply itself (quiescence over → HAProxy has it), median of the same 5.
+    pub one_change_apply_ms: f64,
+    pub one_change_apply_samples_ms: Vec<f64>,
+    pub rss_mib: f64,
+    /// CPU time haproxy-sync used from its start to the end of the measurements.
+    pub cpu_seconds: f64,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -51,19 +72,8 @@ pub struct Results {
     pub reloads_during_scaling: f64,
     pub runtime_applies_during_scaling: f64,
     pub scaling_seconds: f64,
-    pub services: usize,
-    pub instances_per_service: usize,
-    /// haproxy-sync started with the catalog in Consul → configuration written.
-    pub first_apply_ms: f64,
-    /// ... → HAProxy routing with it.
-    pub first_serving_ms: f64,
-    /// One more instance registered → HAProxy's runtime state has it (median of 5).
-    pub one_change_ms: f64,
-    pub one_change_samples_ms: Vec<f64>,
-    /// The apply itself (quiescence over → HAProxy has it), median of the same 5.
-    pub one_change_apply_ms: f64,
-    pub one_change_apply_samples_ms: Vec<f64>,
-    pub rss_large_mib: f64,
+    /// One entry per size of the large catalog.
+    pub large: Vec<Large>,
     pub rss_idle_small_mib: f64,
 }
 
@@ -71,15 +81,11 @@ const WAIT: &str = "25ms:250ms";
 const CONSUL_LIMITS: &str = "limits { http_max_conns_per_client = 4096 }";
 
 pub async fn run(opts: &Opts, bin: &Path, out: &Path) -> anyhow::Result<Results> {
-    let mut results = Results {
-        quiescence: WAIT.into(),
-        cycles: opts.cycles,
-        services: opts.services,
-        instances_per_service: opts.instances,
-        ..Results::default()
-    };
+    let mut results = Results { quiescence: WAIT.into(), cycles: opts.cycles, ..Results::default() };
     latency_and_scaling(opts, bin, out, &mut results).await?;
-    large_catalog(opts, bin, out, &mut results).await?;
+    for &size in &opts.sizes {
+        results.large.push(large_catalog(size, opts.instances, bin, out).await?);
+    }
     Ok(results)
 }
 
@@ -163,15 +169,15 @@ async fn latency_and_scaling(opts: &Opts, bin: &Path, out: &Path, results: &mut 
     Ok(())
 }
 
-async fn large_catalog(opts: &Opts, bin: &Path, out: &Path, results: &mut Results) -> anyhow::Result<()> {
+async fn large_catalog(services: usize, instances: usize, bin: &Path, out: &Path) -> anyhow::Result<Large> {
+    let mut results = Large { services, instances_per_service: instances, ..Large::default() };
     // One blocking query per routed service: above Consul's default of 200
     // connections per client, as the README says.
     let consul = TestConsul::start_with(&["-hcl", CONSUL_LIMITS]).await;
     let client = consul.client();
     // Instances point at one backend that answers: checks have a peer.
     let target = backend().await?;
-    let regs =
-        (0..opts.services).flat_map(|s| (0..opts.instances).map(move |i| (format!("s{s}-{i}"), format!("s{s}"), i)));
+    let regs = (0..services).flat_map(|s| (0..instances).map(move |i| (format!("s{s}-{i}"), format!("s{s}"), i)));
     let registered: Vec<anyhow::Result<()>> = stream::iter(regs)
         .map(|(id, name, i)| {
             let client = client.clone();
@@ -191,11 +197,12 @@ async fn large_catalog(opts: &Opts, bin: &Path, out: &Path, results: &mut Result
         .collect()
         .await;
     registered.into_iter().collect::<anyhow::Result<Vec<()>>>()?;
-    eprintln!("[haproxy-sync] {} services × {} instances registered", opts.services, opts.instances);
+    eprintln!("[haproxy-sync] {services} services × {instances} instances registered");
 
     let t0 = Instant::now();
-    let sync = Sync::start(bin, &consul, out, "haproxy-sync-large.log")?;
-    let last = format!("be_s{}", opts.services - 1);
+    let log = format!("haproxy-sync-{services}.log");
+    let sync = Sync::start(bin, &consul, out, &log)?;
+    let last = format!("be_s{}", services - 1);
     loop {
         if std::fs::read_to_string(&sync.config).is_ok_and(|c| c.contains(&last)) {
             break;
@@ -206,7 +213,7 @@ async fn large_catalog(opts: &Opts, bin: &Path, out: &Path, results: &mut Result
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     results.first_apply_ms = t0.elapsed().as_secs_f64() * 1e3;
-    sync.wait_routes(&format!("/s{}", opts.services - 1), Duration::from_secs(120)).await?;
+    sync.wait_routes(&format!("/s{}", services - 1), Duration::from_secs(120)).await?;
     results.first_serving_ms = t0.elapsed().as_secs_f64() * 1e3;
     eprintln!(
         "[haproxy-sync] large catalog: configuration written {:.0} ms, serving {:.0} ms after start",
@@ -216,7 +223,7 @@ async fn large_catalog(opts: &Opts, bin: &Path, out: &Path, results: &mut Result
 
     // One instance change: an 11th instance of one service, seen in HAProxy's runtime state.
     for k in 0..5u16 {
-        let svc = format!("s{}", opts.services / 2 + k as usize);
+        let svc = format!("s{}", services / 2 + k as usize);
         let addr = format!("127.0.9.{}", k + 1);
         let t0 = Instant::now();
         let reg = Registration {
@@ -245,7 +252,7 @@ async fn large_catalog(opts: &Opts, bin: &Path, out: &Path, results: &mut Result
     samples.sort_by(f64::total_cmp);
     results.one_change_ms = samples[samples.len() / 2];
     // haproxy-sync's own measure of those applies: quiescence over → HAProxy has it.
-    let log = std::fs::read_to_string(out.join("haproxy-sync-large.log")).unwrap_or_default();
+    let log = std::fs::read_to_string(out.join(&log)).unwrap_or_default();
     let mut applies: Vec<f64> = log
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
@@ -256,16 +263,17 @@ async fn large_catalog(opts: &Opts, bin: &Path, out: &Path, results: &mut Result
     results.one_change_apply_samples_ms = applies.clone();
     applies.sort_by(f64::total_cmp);
     results.one_change_apply_ms = applies.get(applies.len() / 2).copied().unwrap_or(f64::NAN);
-    results.rss_large_mib = rss_mib(sync.child.id()).unwrap_or_default();
+    results.rss_mib = rss_mib(sync.child.id()).unwrap_or_default();
+    results.cpu_seconds = crate::stats::cpu_seconds(sync.child.id()).unwrap_or_default();
     eprintln!(
         "[haproxy-sync] one instance change → in HAProxy: median {:.1} ms ({:?}), of which the apply {:.1} ms ({:?}); RSS {:.1} MiB",
         results.one_change_ms,
         results.one_change_samples_ms,
         results.one_change_apply_ms,
         results.one_change_apply_samples_ms,
-        results.rss_large_mib
+        results.rss_mib
     );
-    Ok(())
+    Ok(results)
 }
 
 /// A haproxy-sync process with its HAProxy, on free loopback ports.

@@ -8,6 +8,7 @@ mod haproxy;
 mod modes;
 mod plot;
 mod registrator;
+mod report;
 mod stats;
 
 use std::path::PathBuf;
@@ -38,6 +39,18 @@ enum Scenario {
     HaproxySync(haproxy::Opts),
     /// The same changes under load, applied three ways: runtime API, reload, haproxy -sf.
     ApplyModes(modes::Opts),
+    /// Idle memory of the demo service and the images' sizes.
+    Footprint,
+    /// Writes REPORT.md and its plots into DIR from the results in --out.
+    Report {
+        #[arg(long, default_value = "bench")]
+        dir: PathBuf,
+    },
+    /// Every scenario at the sizes of the report, then the report.
+    All {
+        #[arg(long, default_value = "bench")]
+        dir: PathBuf,
+    },
 }
 
 #[tokio::main]
@@ -59,6 +72,23 @@ async fn main() -> anyhow::Result<()> {
             let png = cli.out.join("apply-modes.png");
             plot::apply_modes(&runs, &png)?;
             eprintln!("wrote {}", png.display());
+        }
+        Scenario::Footprint => write(&cli.out, "footprint", &report::footprint(&cli.bin_dir).await?)?,
+        Scenario::Report { dir } => report::write(&cli.out, dir, "scripts/bench report")?,
+        Scenario::All { dir } => {
+            let reg = registrator::Opts { starts: 50, running: vec![50, 200], kill: 50 };
+            write(&cli.out, "registrator", &registrator::run(&reg, &cli.bin_dir.join("registrator"), &cli.out).await?)?;
+            let hs =
+                haproxy::Opts { changes: 50, cycles: 10, sizes: vec![100, 1000, 5000], instances: 10, connections: 8 };
+            write(&cli.out, "haproxy-sync", &haproxy::run(&hs, &cli.bin_dir.join("haproxy-sync"), &cli.out).await?)?;
+            let modes_opts = modes::Opts { cycles: 10, connections: 8 };
+            write(
+                &cli.out,
+                "apply-modes",
+                &modes::run(&modes_opts, &cli.bin_dir.join("haproxy-sync"), &cli.out).await?,
+            )?;
+            write(&cli.out, "footprint", &report::footprint(&cli.bin_dir).await?)?;
+            report::write(&cli.out, dir, "scripts/bench")?;
         }
     }
     Ok(())

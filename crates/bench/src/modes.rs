@@ -22,9 +22,9 @@ pub struct Opts {
     pub connections: usize,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, serde::Deserialize)]
 pub struct Run {
-    pub mode: &'static str,
+    pub mode: String,
     pub requests: u64,
     pub failed: u64,
     pub failures: Vec<String>,
@@ -120,7 +120,7 @@ async fn one(mode: &'static str, opts: &Opts, bin: &Path, out: &Path) -> anyhow:
     let requests = series.iter().map(|(ok, err)| ok + err).sum();
     let events = events.lock().unwrap().clone();
     let run = Run {
-        mode,
+        mode: mode.to_owned(),
         requests,
         failed: failures.len() as u64,
         failures: failures.into_iter().take(20).collect(),

@@ -11,10 +11,91 @@ use crate::modes::Run;
 const FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
 
 fn register_font() -> anyhow::Result<()> {
+    static DONE: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    if DONE.get().is_some() {
+        return Ok(());
+    }
     let bytes = std::fs::read(FONT).with_context(|| format!("reading {FONT} (apt-get install fonts-dejavu-core)"))?;
     let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
     plotters::style::register_font("sans-serif", FontStyle::Normal, bytes)
-        .map_err(|_| anyhow::anyhow!("cannot load {FONT}"))
+        .map_err(|_| anyhow::anyhow!("cannot load {FONT}"))?;
+    let _ = DONE.set(());
+    Ok(())
+}
+
+/// One histogram of latency samples per entry (`samples_ms` of a summary).
+pub fn latency_histogram(entries: &[(&str, &serde_json::Value)], path: &Path) -> anyhow::Result<()> {
+    register_font()?;
+    let root = BitMapBackend::new(path, (1200, 320)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let panels = root.split_evenly((1, entries.len().max(1)));
+    for ((title, summary), panel) in entries.iter().zip(panels) {
+        let samples: Vec<f64> =
+            summary["samples_ms"].as_array().into_iter().flatten().filter_map(serde_json::Value::as_f64).collect();
+        let max = samples.iter().copied().fold(1.0, f64::max) * 1.05;
+        let buckets = 30usize;
+        let width = max / buckets as f64;
+        let mut counts = vec![0u32; buckets];
+        for s in &samples {
+            counts[((s / width) as usize).min(buckets - 1)] += 1;
+        }
+        let top = counts.iter().copied().max().unwrap_or(1) as f64 * 1.1;
+        let mut chart = ChartBuilder::on(&panel)
+            .caption(format!("{title} (n={})", samples.len()), ("sans-serif", 18))
+            .margin(10)
+            .x_label_area_size(30)
+            .y_label_area_size(40)
+            .build_cartesian_2d(0.0..max, 0.0..top)?;
+        chart.configure_mesh().x_desc("ms").y_desc("count").disable_mesh().draw()?;
+        chart.draw_series(counts.iter().enumerate().map(|(i, c)| {
+            let x0 = i as f64 * width;
+            Rectangle::new([(x0, 0.0), (x0 + width * 0.9, *c as f64)], BLUE.mix(0.6).filled())
+        }))?;
+    }
+    root.present()?;
+    Ok(())
+}
+
+/// Picks one figure from a growth row (instances, first apply, one change, RSS).
+type Pick = fn(&(f64, f64, f64, f64)) -> f64;
+
+/// haproxy-sync's first apply, one-change apply and memory against catalog size.
+pub fn growth(large: &serde_json::Value, path: &Path) -> anyhow::Result<()> {
+    register_font()?;
+    let rows: Vec<(f64, f64, f64, f64)> = large
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|l| {
+            let n =
+                l["services"].as_f64().unwrap_or_default() * l["instances_per_service"].as_f64().unwrap_or_default();
+            let f = |k: &str| l[k].as_f64().unwrap_or_default();
+            (n, f("first_apply_ms"), f("one_change_apply_ms"), f("rss_mib"))
+        })
+        .collect();
+    let root = BitMapBackend::new(path, (1200, 320)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let panels = root.split_evenly((1, 3));
+    let max_n = rows.iter().map(|r| r.0).fold(1.0, f64::max) * 1.05;
+    let series: [(&str, &str, Pick); 3] = [
+        ("first full apply", "ms", |r| r.1),
+        ("one instance change applied", "ms", |r| r.2),
+        ("haproxy-sync RSS", "MiB", |r| r.3),
+    ];
+    for ((title, unit, get), panel) in series.into_iter().zip(panels) {
+        let top = rows.iter().map(get).fold(1.0, f64::max) * 1.15;
+        let mut chart = ChartBuilder::on(&panel)
+            .caption(title, ("sans-serif", 18))
+            .margin(10)
+            .x_label_area_size(30)
+            .y_label_area_size(50)
+            .build_cartesian_2d(0.0..max_n, 0.0..top)?;
+        chart.configure_mesh().x_desc("instances in Consul").y_desc(unit).disable_mesh().draw()?;
+        chart.draw_series(LineSeries::new(rows.iter().map(|r| (r.0, get(r))), BLUE.stroke_width(2)))?;
+        chart.draw_series(rows.iter().map(|r| Circle::new((r.0, get(r)), 4, BLUE.filled())))?;
+    }
+    root.present()?;
+    Ok(())
 }
 
 /// Requests per second and failures over time, one panel per apply mode,

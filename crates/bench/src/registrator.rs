@@ -23,9 +23,10 @@ pub struct Opts {
     /// Containers started one by one for the start → Consul latency.
     #[arg(long, default_value_t = 50)]
     pub starts: usize,
-    /// Containers running during the resync measurement.
-    #[arg(long, default_value_t = 200)]
-    pub running: usize,
+    /// Containers running during the resync measurements (comma-separated,
+    /// rising); the kills happen at the last size.
+    #[arg(long, value_delimiter = ',', default_value = "200")]
+    pub running: Vec<usize>,
     /// Containers killed at once.
     #[arg(long, default_value_t = 50)]
     pub kill: usize,
@@ -35,12 +36,8 @@ pub struct Opts {
 pub struct Results {
     /// Docker `start` event → instance visible in Consul's health API.
     pub start_to_consul: Summary,
-    /// Containers running during the resync.
-    pub running: usize,
-    /// registrator started against an empty Consul → all `running` services visible.
-    pub cold_resync_ms: f64,
-    /// registrator's own measure of that first full resync.
-    pub resync_internal_ms: Option<f64>,
+    /// One entry per number of running containers.
+    pub resyncs: Vec<Resync>,
     pub killed: usize,
     /// Kills of `killed` containers sent together → Consul lists only the others.
     pub kill_converge_ms: f64,
@@ -52,11 +49,24 @@ pub struct Results {
     pub rss_idle_loaded_mib: f64,
 }
 
+/// registrator started against an empty Consul with `running` containers.
+#[derive(Debug, Default, Serialize)]
+pub struct Resync {
+    pub running: usize,
+    /// Start → all `running` services visible.
+    pub cold_resync_ms: f64,
+    /// registrator's own measure of that first full resync.
+    pub resync_internal_ms: Option<f64>,
+    /// RSS after the resync, idle.
+    pub rss_mib: f64,
+}
+
 const LAT_SERVICE: &str = "bench-lat";
 const MANY_SERVICE: &str = "bench-many";
 
 pub async fn run(opts: &Opts, bin: &PathBuf, out: &std::path::Path) -> anyhow::Result<Results> {
-    let mut results = Results { running: opts.running, killed: opts.kill.min(opts.running), ..Results::default() };
+    let largest = opts.running.iter().copied().max().unwrap_or(0);
+    let mut results = Results { killed: opts.kill.min(largest), ..Results::default() };
     let mut consul = TestConsul::start().await;
     let scene = Scene::new(&format!("breg{}", std::process::id()))?;
     let log = out.join("registrator.log");
@@ -95,19 +105,29 @@ pub async fn run(opts: &Opts, bin: &PathBuf, out: &std::path::Path) -> anyhow::R
     wait_for(&consul, LAT_SERVICE, 0, Duration::from_secs(30)).await?;
 
     // 2. Many running containers; registrator restarted against an empty Consul.
-    let ids = scene.start(MANY_SERVICE, opts.running, 4).await?;
-    wait_for(&consul, MANY_SERVICE, opts.running, Duration::from_secs(60)).await?;
-    child.kill();
-    consul.restart().await;
-    let restarted = Instant::now();
-    child = spawn(bin, &consul, &log)?;
-    wait_for(&consul, MANY_SERVICE, opts.running, Duration::from_secs(60)).await?;
-    results.cold_resync_ms = restarted.elapsed().as_secs_f64() * 1e3;
-    results.resync_internal_ms = first_resync_ms(&log);
-    eprintln!(
-        "[registrator] {} containers: cold start → all in Consul {:.0} ms (resync itself {:?} ms)",
-        opts.running, results.cold_resync_ms, results.resync_internal_ms
-    );
+    let mut ids = Vec::new();
+    for &running in &opts.running {
+        ids.extend(scene.start(MANY_SERVICE, running.saturating_sub(ids.len()), 4).await?);
+        wait_for(&consul, MANY_SERVICE, ids.len(), Duration::from_secs(60)).await?;
+        child.kill();
+        consul.restart().await;
+        let restarted = Instant::now();
+        child = spawn(bin, &consul, &log)?;
+        wait_for(&consul, MANY_SERVICE, ids.len(), Duration::from_secs(60)).await?;
+        let cold_resync_ms = restarted.elapsed().as_secs_f64() * 1e3;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let resync = Resync {
+            running: ids.len(),
+            cold_resync_ms,
+            resync_internal_ms: first_resync_ms(&log),
+            rss_mib: rss_mib(child.0.id()).unwrap_or_default(),
+        };
+        eprintln!(
+            "[registrator] {} containers: cold start → all in Consul {:.0} ms (resync itself {:?} ms), RSS {:.1} MiB",
+            resync.running, resync.cold_resync_ms, resync.resync_internal_ms, resync.rss_mib
+        );
+        results.resyncs.push(resync);
+    }
 
     // 3. Kill some at once.
     let killed = &ids[..results.killed];
@@ -119,7 +139,7 @@ pub async fn run(opts: &Opts, bin: &PathBuf, out: &std::path::Path) -> anyhow::R
     let t0 = Instant::now();
     scene.kill(killed).await?;
     results.kill_requests_ms = t0.elapsed().as_secs_f64() * 1e3;
-    wait_for(&consul, MANY_SERVICE, opts.running - results.killed, Duration::from_secs(30)).await?;
+    wait_for(&consul, MANY_SERVICE, ids.len() - results.killed, Duration::from_secs(30)).await?;
     results.kill_converge_ms = t0.elapsed().as_secs_f64() * 1e3;
     tokio::time::sleep(Duration::from_millis(200)).await;
     events.abort();
@@ -142,7 +162,7 @@ pub async fn run(opts: &Opts, bin: &PathBuf, out: &std::path::Path) -> anyhow::R
         "[registrator] idle RSS: {:.1} MiB empty, {:.1} MiB with {} services",
         results.rss_idle_empty_mib,
         results.rss_idle_loaded_mib,
-        opts.running - results.killed
+        ids.len() - results.killed
     );
     child.kill();
     drop(scene);

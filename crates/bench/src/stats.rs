@@ -12,6 +12,8 @@ pub struct Summary {
     pub p90_ms: f64,
     pub p99_ms: f64,
     pub max_ms: f64,
+    /// Every sample, in the order measured, for histograms.
+    pub samples_ms: Vec<f64>,
 }
 
 impl Summary {
@@ -19,11 +21,19 @@ impl Summary {
         if samples.is_empty() {
             return Self::default();
         }
-        let mut ms: Vec<f64> = samples.iter().map(|d| d.as_secs_f64() * 1e3).collect();
+        let measured: Vec<f64> = samples.iter().map(|d| d.as_secs_f64() * 1e3).collect();
+        let mut ms = measured.clone();
         ms.sort_by(f64::total_cmp);
         // Nearest-rank percentile.
         let pct = |p: f64| ms[((p / 100.0 * ms.len() as f64).ceil() as usize).clamp(1, ms.len()) - 1];
-        Self { n: ms.len(), p50_ms: pct(50.0), p90_ms: pct(90.0), p99_ms: pct(99.0), max_ms: ms[ms.len() - 1] }
+        Self {
+            n: ms.len(),
+            p50_ms: pct(50.0),
+            p90_ms: pct(90.0),
+            p99_ms: pct(99.0),
+            max_ms: ms[ms.len() - 1],
+            samples_ms: measured,
+        }
     }
 }
 
@@ -45,6 +55,17 @@ pub fn rss_mib(pid: u32) -> Option<f64> {
     Some(kib / 1024.0)
 }
 
+/// CPU time (user + system) a process has used, in seconds, from `/proc`.
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    // Linux counts them in 100ths of a second on every common architecture.
+    Some(ticks / 100.0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -59,7 +80,8 @@ mod tests {
     }
 
     #[test]
-    fn reads_this_process_rss() {
+    fn reads_this_process_rss_and_cpu() {
         assert!(rss_mib(std::process::id()).is_some_and(|mib| mib > 0.0));
+        assert!(cpu_seconds(std::process::id()).is_some_and(|s| s >= 0.0));
     }
 }

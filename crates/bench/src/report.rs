@@ -1,0 +1,225 @@
+//! The footprint scenario and `bench/REPORT.md`, written from the JSON
+//! results of the other scenarios, with plots beside it.
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde::Serialize;
+use serde_json::Value;
+use testkit::free_port;
+
+use crate::stats::rss_mib;
+
+#[derive(Debug, Default, Serialize)]
+pub struct Footprint {
+    pub demo_service_rss_mib: f64,
+    /// Image name and size in MB, where the image exists locally.
+    pub images: Vec<(String, f64)>,
+}
+
+/// Idle memory of the demo service and the sizes of the stack's images.
+pub async fn footprint(bin_dir: &Path) -> anyhow::Result<Footprint> {
+    let port = free_port();
+    let mut demo = Command::new(bin_dir.join("demo-service"))
+        .env("LISTEN", format!("127.0.0.1:{port}"))
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let _ = reqwest::get(format!("http://127.0.0.1:{port}/")).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let demo_service_rss_mib = rss_mib(demo.id()).unwrap_or_default();
+    let _ = demo.kill();
+    let _ = demo.wait();
+    let mut images = Vec::new();
+    for image in ["portolan/registrator:latest", "portolan/haproxy:latest", "portolan/hello:latest"] {
+        let out = Command::new("docker").args(["image", "inspect", "-f", "{{.Size}}", image]).output()?;
+        if let Ok(bytes) = String::from_utf8_lossy(&out.stdout).trim().parse::<f64>() {
+            images.push((image.to_owned(), bytes / 1e6));
+        }
+    }
+    eprintln!("[footprint] demo-service RSS {demo_service_rss_mib:.1} MiB; images {images:?}");
+    Ok(Footprint { demo_service_rss_mib, images })
+}
+
+fn read(out: &Path, name: &str) -> Value {
+    std::fs::read_to_string(out.join(format!("{name}.json")))
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or(Value::Null)
+}
+
+fn sh(cmd: &str) -> String {
+    Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
+}
+
+fn ms(v: &Value) -> String {
+    v.as_f64().map_or_else(|| "–".to_owned(), |x| if x >= 100.0 { format!("{x:.0} ms") } else { format!("{x:.1} ms") })
+}
+
+fn pcts(v: &Value) -> String {
+    format!(
+        "p50 {}, p90 {}, p99 {}, max {} (n={})",
+        ms(&v["p50_ms"]),
+        ms(&v["p90_ms"]),
+        ms(&v["p99_ms"]),
+        ms(&v["max_ms"]),
+        v["n"]
+    )
+}
+
+/// Writes `report` (Markdown) and its plots into `dir`, from the results in `out`.
+pub fn write(out: &Path, dir: &Path, command: &str) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let (reg, hs, modes, foot) =
+        (read(out, "registrator"), read(out, "haproxy-sync"), read(out, "apply-modes"), read(out, "footprint"));
+    let mut md = String::new();
+    writeln!(md, "# Benchmark report\n")?;
+    writeln!(md, "Written by `{command}` on {}.\n", sh("date -u '+%Y-%m-%d %H:%M UTC'"))?;
+    writeln!(md, "## Machine\n")?;
+    writeln!(md, "- {}", sh("uname -srm"))?;
+    writeln!(
+        md,
+        "- {} CPUs ({}), {}",
+        sh("nproc"),
+        sh("grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs"),
+        sh("grep MemTotal /proc/meminfo | xargs")
+    )?;
+    writeln!(md, "- {}", sh("docker version --format 'Docker {{.Server.Version}}'"))?;
+    writeln!(md, "- {}", sh("haproxy -v | head -1"))?;
+    writeln!(md, "- {}\n", sh("consul version | head -1"))?;
+    writeln!(
+        md,
+        "Everything runs on this one machine: Consul dev agents and HAProxy on loopback, containers on Docker networks of the run's own, load from the benchmark process itself.\n"
+    )?;
+
+    if !reg.is_null() {
+        writeln!(md, "## registrator (`portolan-bench registrator`)\n")?;
+        writeln!(md, "| Figure | Measured | Target |\n|---|---|---|")?;
+        writeln!(
+            md,
+            "| Docker `start` event → in Consul's health API | {} | p50 ≤ 20 ms, p99 ≤ 100 ms |",
+            pcts(&reg["start_to_consul"])
+        )?;
+        for r in reg["resyncs"].as_array().into_iter().flatten() {
+            writeln!(
+                md,
+                "| {} running containers: registrator started against an empty Consul → all in Consul | {} (resync itself {}), RSS {:.1} MiB | ≤ 2 s at 200 |",
+                r["running"],
+                ms(&r["cold_resync_ms"]),
+                ms(&r["resync_internal_ms"]),
+                r["rss_mib"].as_f64().unwrap_or_default()
+            )?;
+        }
+        writeln!(
+            md,
+            "| {} killed at once → Consul matches | {} (Docker took {} to carry out the kills) | ≤ 1 s |",
+            reg["killed"],
+            ms(&reg["kill_converge_ms"]),
+            ms(&reg["kill_requests_ms"])
+        )?;
+        writeln!(md, "| each `kill` event → service gone from Consul | {} | |", pcts(&reg["kill_to_gone"]))?;
+        writeln!(
+            md,
+            "| idle RSS | {:.1} MiB empty, {:.1} MiB loaded | ≤ 15 MB |\n",
+            reg["rss_idle_empty_mib"].as_f64().unwrap_or_default(),
+            reg["rss_idle_loaded_mib"].as_f64().unwrap_or_default()
+        )?;
+    }
+    if !hs.is_null() {
+        writeln!(md, "## haproxy-sync (`portolan-bench haproxy-sync`)\n")?;
+        writeln!(md, "Quiescence: `{}`.\n", hs["quiescence"].as_str().unwrap_or_default())?;
+        writeln!(md, "| Figure | Measured | Target |\n|---|---|---|")?;
+        writeln!(
+            md,
+            "| Consul registration → new instance answering through HAProxy | {} | p50 ≤ 50 ms, p99 ≤ 200 ms |",
+            pcts(&hs["change_to_serving"])
+        )?;
+        writeln!(
+            md,
+            "| scale 1→10→1 ×{} under steady load | {} requests, {} failed, {} reloads, {} runtime applies | 0 failed, no reload |",
+            hs["cycles"],
+            hs["requests"],
+            hs["failed_requests"],
+            hs["reloads_during_scaling"],
+            hs["runtime_applies_during_scaling"]
+        )?;
+        writeln!(
+            md,
+            "| idle RSS, one service | {:.1} MiB | |\n",
+            hs["rss_idle_small_mib"].as_f64().unwrap_or_default()
+        )?;
+        writeln!(
+            md,
+            "| Services × instances | First apply (file) | Serving | One change (apply) | One change (from registration) | RSS | CPU |\n|---|---|---|---|---|---|---|"
+        )?;
+        for l in hs["large"].as_array().into_iter().flatten() {
+            writeln!(
+                md,
+                "| {} × {} | {} | {} | {} | {} | {:.1} MiB | {:.2} s |",
+                l["services"],
+                l["instances_per_service"],
+                ms(&l["first_apply_ms"]),
+                ms(&l["first_serving_ms"]),
+                ms(&l["one_change_apply_ms"]),
+                ms(&l["one_change_ms"]),
+                l["rss_mib"].as_f64().unwrap_or_default(),
+                l["cpu_seconds"].as_f64().unwrap_or_default()
+            )?;
+        }
+        writeln!(
+            md,
+            "\nTargets at 1,000 × 10: first apply ≤ 2 s, one change applied ≤ 20 ms, RSS ≤ 40 MB. CPU is haproxy-sync's own, from its start to the end of the measurements.\n"
+        )?;
+        crate::plot::latency_histogram(
+            &[
+                ("registrator: start → Consul", &reg["start_to_consul"]),
+                ("haproxy-sync: Consul → serving", &hs["change_to_serving"]),
+            ],
+            &dir.join("latency.png"),
+        )?;
+        writeln!(md, "![latency histograms](latency.png)\n")?;
+        crate::plot::growth(&hs["large"], &dir.join("growth.png"))?;
+        writeln!(md, "![growth with catalog size](growth.png)\n")?;
+    }
+    if let Some(runs) = modes.as_array() {
+        writeln!(md, "## Apply modes (`portolan-bench apply-modes`)\n")?;
+        writeln!(md, "| Apply | Requests | Failed | Reloads | Runtime applies |\n|---|---|---|---|---|")?;
+        for r in runs {
+            writeln!(
+                md,
+                "| {} | {} | {} | {} | {} |",
+                r["mode"].as_str().unwrap_or_default(),
+                r["requests"],
+                r["failed"],
+                r["reloads"],
+                r["runtime_applies"]
+            )?;
+        }
+        writeln!(
+            md,
+            "\n`runtime`: haproxy-sync's default; `reload`: `--apply reload`; `sf`: re-render and `haproxy -f … -sf <old pids>` for every change.\n"
+        )?;
+        let runs: Vec<crate::modes::Run> = serde_json::from_value(modes.clone())?;
+        crate::plot::apply_modes(&runs, &dir.join("apply-modes.png"))?;
+        writeln!(md, "![requests/s during changes](apply-modes.png)\n")?;
+    }
+    if !foot.is_null() {
+        writeln!(md, "## Footprint\n")?;
+        writeln!(md, "- demo-service idle RSS: {:.1} MiB", foot["demo_service_rss_mib"].as_f64().unwrap_or_default())?;
+        for i in foot["images"].as_array().into_iter().flatten() {
+            writeln!(md, "- image {}: {:.0} MB", i[0].as_str().unwrap_or_default(), i[1].as_f64().unwrap_or_default())?;
+        }
+        writeln!(md)?;
+    }
+    std::fs::write(dir.join("REPORT.md"), md)?;
+    eprintln!("wrote {}", dir.join("REPORT.md").display());
+    Ok(())
+}

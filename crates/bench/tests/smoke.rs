@@ -1,0 +1,60 @@
+//! Every benchmark scenario at tiny sizes, and the report, so that the
+//! benchmark cannot rot. No figure is asserted, only that each scenario
+//! measured what it says. Needs the workspace's binaries built
+//! (`scripts/test` builds them first).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn bench(out: &Path, args: &[&str]) {
+    let exe = PathBuf::from(env!("CARGO_BIN_EXE_portolan-bench"));
+    let bin_dir = exe.parent().unwrap();
+    for needed in ["registrator", "haproxy-sync", "demo-service"] {
+        assert!(bin_dir.join(needed).exists(), "{needed} is not built in {} (run scripts/test)", bin_dir.display());
+    }
+    let status = Command::new(&exe).arg("--out").arg(out).arg("--bin-dir").arg(bin_dir).args(args).status().unwrap();
+    assert!(status.success(), "portolan-bench {args:?}: {status}");
+}
+
+fn json(out: &Path, name: &str) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(out.join(format!("{name}.json"))).unwrap()).unwrap()
+}
+
+#[test]
+fn every_scenario_runs_small_and_the_report_is_written() {
+    let out = std::env::temp_dir().join(format!("portolan-bench-smoke-{}", std::process::id()));
+    std::fs::create_dir_all(&out).unwrap();
+
+    bench(&out, &["registrator", "--starts", "2", "--running", "2,3", "--kill", "1"]);
+    let reg = json(&out, "registrator");
+    assert_eq!(reg["start_to_consul"]["n"], 2);
+    assert_eq!(reg["resyncs"].as_array().unwrap().len(), 2);
+    assert_eq!(reg["kill_to_gone"]["n"], 1);
+
+    bench(&out, &["haproxy-sync", "--changes", "2", "--cycles", "1", "--sizes", "5", "--instances", "2"]);
+    let hs = json(&out, "haproxy-sync");
+    assert_eq!(hs["change_to_serving"]["n"], 2);
+    assert!(hs["requests"].as_u64().unwrap() > 0);
+    assert_eq!(hs["large"][0]["services"], 5);
+
+    bench(&out, &["apply-modes", "--cycles", "1"]);
+    let modes = json(&out, "apply-modes");
+    let names: Vec<&str> = modes.as_array().unwrap().iter().map(|r| r["mode"].as_str().unwrap()).collect();
+    assert_eq!(names, ["runtime", "reload", "sf"]);
+
+    bench(&out, &["footprint"]);
+    assert!(json(&out, "footprint")["demo_service_rss_mib"].as_f64().unwrap() > 0.0);
+
+    let dir = out.join("report");
+    bench(&out, &["report", "--dir", dir.to_str().unwrap()]);
+    let report = std::fs::read_to_string(dir.join("REPORT.md")).unwrap();
+    for section in ["## Machine", "## registrator", "## haproxy-sync", "## Apply modes", "## Footprint"] {
+        assert!(report.contains(section), "{section} missing from\n{report}");
+    }
+    for png in ["latency.png", "growth.png", "apply-modes.png"] {
+        assert!(std::fs::metadata(dir.join(png)).unwrap().len() > 1000, "{png}");
+    }
+    let _ = std::fs::remove_dir_all(&out);
+}
