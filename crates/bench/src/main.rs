@@ -9,6 +9,7 @@ mod modes;
 mod plot;
 mod registrator;
 mod report;
+mod stack;
 mod stats;
 
 use std::path::PathBuf;
@@ -39,6 +40,8 @@ enum Scenario {
     HaproxySync(haproxy::Opts),
     /// The same changes under load, applied three ways: runtime API, reload, haproxy -sf.
     ApplyModes(modes::Opts),
+    /// Discovery latency on the whole compose stack.
+    Stack(stack::Opts),
     /// Idle memory of the demo service and the images' sizes.
     Footprint,
     /// Writes REPORT.md and its plots into DIR from the results in --out.
@@ -73,6 +76,7 @@ async fn main() -> anyhow::Result<()> {
             plot::apply_modes(&runs, &png)?;
             eprintln!("wrote {}", png.display());
         }
+        Scenario::Stack(opts) => write(&cli.out, "stack", &stack::run(opts).await?)?,
         Scenario::Footprint => write(&cli.out, "footprint", &report::footprint(&cli.bin_dir).await?)?,
         Scenario::Report { dir } => report::write(&cli.out, dir, "scripts/bench report")?,
         Scenario::All { dir } => {
@@ -88,6 +92,7 @@ async fn main() -> anyhow::Result<()> {
                 &modes::run(&modes_opts, &cli.bin_dir.join("haproxy-sync"), &cli.out).await?,
             )?;
             write(&cli.out, "footprint", &report::footprint(&cli.bin_dir).await?)?;
+            write(&cli.out, "stack", &stack::run(&stack::Opts { starts: 50 }).await?)?;
             report::write(&cli.out, dir, "scripts/bench")?;
         }
     }
