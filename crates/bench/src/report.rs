@@ -80,6 +80,7 @@ pub fn write(out: &Path, dir: &Path, command: &str) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir)?;
     let (reg, hs, modes, foot) =
         (read(out, "registrator"), read(out, "haproxy-sync"), read(out, "apply-modes"), read(out, "footprint"));
+    let stack = read(out, "stack");
     let mut md = String::new();
     writeln!(md, "# Benchmark report\n")?;
     writeln!(md, "Written by `{command}` on {}.\n", sh("date -u '+%Y-%m-%d %H:%M UTC'"))?;
@@ -100,6 +101,34 @@ pub fn write(out: &Path, dir: &Path, command: &str) -> anyhow::Result<()> {
         "Everything runs on this one machine: Consul dev agents and HAProxy on loopback, containers on Docker networks of the run's own, load from the benchmark process itself.\n"
     )?;
 
+    if !stack.is_null() {
+        writeln!(md, "## The whole stack (`portolan-bench stack`)\n")?;
+        writeln!(
+            md,
+            "The compose stack (its images, Consul in a container) as project `portolan-bench`; containers of the demo image started and stopped one at a time while the benchmark sends requests to HAProxy's published port.\n"
+        )?;
+        writeln!(md, "| Figure | Measured |\n|---|---|")?;
+        writeln!(md, "| Docker `start` event → instance in Consul | {} |", pcts(&stack["start_to_consul"]))?;
+        writeln!(
+            md,
+            "| Docker `start` event → instance answering through HAProxy | {} |",
+            pcts(&stack["start_to_haproxy"])
+        )?;
+        writeln!(
+            md,
+            "| `docker stop`: `kill` event → last request HAProxy routed to it | {} |",
+            pcts(&stack["kill_to_last_routed"])
+        )?;
+        writeln!(md, "| failed requests during all of it | {} |\n", stack["failed_requests"])?;
+        crate::plot::latency_histogram(
+            &[
+                ("start → through HAProxy", &stack["start_to_haproxy"]),
+                ("kill → last routed", &stack["kill_to_last_routed"]),
+            ],
+            &dir.join("stack-latency.png"),
+        )?;
+        writeln!(md, "![whole-stack latency histograms](stack-latency.png)\n")?;
+    }
     if !reg.is_null() {
         writeln!(md, "## registrator (`portolan-bench registrator`)\n")?;
         writeln!(md, "| Figure | Measured | Target |\n|---|---|---|")?;
