@@ -98,6 +98,10 @@ pub fn write(out: &Path, dir: &Path, command: &str) -> anyhow::Result<()> {
     writeln!(md, "- {}\n", sh("consul version | head -1"))?;
     writeln!(
         md,
+        "Reproduce with `scripts/bench` (every scenario at these sizes), or one scenario with `scripts/bench <registrator|haproxy-sync|apply-modes|stack|footprint>` and then `scripts/bench report`. Raw results: `bench/out/*.json`.\n"
+    )?;
+    writeln!(
+        md,
         "Everything runs on this one machine: Consul dev agents and HAProxy on loopback, containers on Docker networks of the run's own, load from the benchmark process itself.\n"
     )?;
 
