@@ -83,7 +83,7 @@ async fn main() -> anyhow::Result<()> {
             let reg = registrator::Opts { starts: 50, running: vec![50, 200], kill: 50 };
             write(&cli.out, "registrator", &registrator::run(&reg, &cli.bin_dir.join("registrator"), &cli.out).await?)?;
             let hs =
-                haproxy::Opts { changes: 50, cycles: 10, sizes: vec![100, 1000, 5000], instances: 10, connections: 8 };
+                haproxy::Opts { changes: 50, cycles: 10, sizes: vec![100, 500, 1000], instances: 10, connections: 8 };
             write(&cli.out, "haproxy-sync", &haproxy::run(&hs, &cli.bin_dir.join("haproxy-sync"), &cli.out).await?)?;
             let modes_opts = modes::Opts { cycles: 10, connections: 8 };
             write(
