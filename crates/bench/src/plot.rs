@@ -90,7 +90,14 @@ pub fn growth(large: &serde_json::Value, path: &Path) -> anyhow::Result<()> {
             .x_label_area_size(30)
             .y_label_area_size(50)
             .build_cartesian_2d(0.0..max_n, 0.0..top)?;
-        chart.configure_mesh().x_desc("instances in Consul").y_desc(unit).disable_mesh().draw()?;
+        chart
+            .configure_mesh()
+            .x_desc("instances in Consul")
+            .y_desc(unit)
+            .x_labels(5)
+            .x_label_formatter(&|x| format!("{x:.0}"))
+            .disable_mesh()
+            .draw()?;
         chart.draw_series(LineSeries::new(rows.iter().map(|r| (r.0, get(r))), BLUE.stroke_width(2)))?;
         chart.draw_series(rows.iter().map(|r| Circle::new((r.0, get(r)), 4, BLUE.filled())))?;
     }
