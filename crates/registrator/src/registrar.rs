@@ -11,7 +11,7 @@ use futures_util::{StreamExt, stream};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::container::Container;
 use crate::docker::Engine;
@@ -424,7 +424,16 @@ async fn reconcile_loop(
                 };
                 registrar.note_failure(&e);
                 let delay = backoff.next_delay();
-                warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "sync failed; will resync");
+                if matches!(&e, SyncError::Consul(c) if c.is_forbidden()) {
+                    error!(
+                        error = %e,
+                        retry_in_ms = delay.as_millis() as u64,
+                        "Consul refused the request: the ACL token is missing or lacks permission \
+                         (set CONSUL_HTTP_TOKEN or CONSUL_HTTP_TOKEN_FILE)"
+                    );
+                } else {
+                    warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "sync failed; will resync");
+                }
                 retry_at = Some(Instant::now() + delay);
             }
         }

@@ -316,3 +316,89 @@ async fn on_success_keeps_a_crashed_container_registered_until_it_is_removed() {
     assert_eq!(metric(&text, "registrator_services"), 0.0, "{text}");
     reg.stop().await;
 }
+
+/// A registrator process (the built binary), its log in a file.
+struct Process {
+    child: std::process::Child,
+    log: std::path::PathBuf,
+    admin: u16,
+}
+
+impl Process {
+    fn start(consul: &TestConsul, owner: &str, token: Option<&str>) -> Process {
+        let admin = free_port();
+        let log = std::env::temp_dir().join(format!("registrator-{owner}-{admin}.log"));
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_registrator"));
+        cmd.args(["--owner", owner, "--metrics-addr", &format!("127.0.0.1:{admin}"), "--log-format", "json"])
+            .arg(format!("consul://{}", consul.http))
+            .env("RUST_LOG", "debug")
+            .env_remove("CONSUL_HTTP_TOKEN")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap());
+        if let Some(token) = token {
+            cmd.env("CONSUL_HTTP_TOKEN", token);
+        }
+        Process { child: cmd.spawn().unwrap(), log, admin }
+    }
+
+    async fn health(&self) -> Result<(u16, String), String> {
+        let resp = reqwest::get(format!("http://127.0.0.1:{}/health", self.admin)).await.map_err(|e| e.to_string())?;
+        let status = resp.status().as_u16();
+        Ok((status, resp.text().await.map_err(|e| e.to_string())?))
+    }
+
+    fn stop(mut self) -> String {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let _ = std::fs::remove_file(&self.log);
+        log
+    }
+}
+
+#[tokio::test]
+async fn with_acls_on_the_token_registers_its_absence_is_reported_and_it_is_never_logged() {
+    const TOKEN: &str = "7d1c0f4e-acl-test-secret";
+    let acl = format!(
+        r#"acl {{ enabled = true default_policy = "deny" tokens {{ master = "{TOKEN}" agent = "{TOKEN}" }} }}"#
+    );
+    let consul = TestConsul::start_with(&["-hcl", &acl]).await;
+    let settings = consul::Settings {
+        base: Some(consul::address::parse(&consul.url()).unwrap().url),
+        token: Some(TOKEN.into()),
+        ..Default::default()
+    };
+    let admin = consul::Client::new(&settings).unwrap();
+    let mut scene = Scene::new();
+    let name = scene.service("acl");
+    let env = format!("SERVICE_NAME={name}");
+    scene.run("a", &["-e", &env, "--expose", "80"], &[]);
+
+    let with = Process::start(&consul, &format!("{}-with", scene.tag), Some(TOKEN));
+    let without = Process::start(&consul, &format!("{}-without", scene.tag), None);
+    eventually("registered with the token", LIMIT, || async {
+        let all = admin.agent_services().await.map_err(|e| e.to_string())?;
+        let ours: Vec<_> = all.values().filter(|s| s.service == name).map(|s| s.id.clone()).collect();
+        if ours.iter().any(|id| id.contains("-with:")) { Ok(()) } else { Err(format!("{ours:?}")) }
+    })
+    .await;
+    // Without it, registrator says why on /health (and keeps retrying).
+    let (status, why) = eventually("health reports the refusal", LIMIT, || async {
+        match without.health().await? {
+            (503, why) => Ok((503, why)),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    assert_eq!(status, 503);
+    assert!(why.contains("403"), "{why}");
+    let all = admin.agent_services().await.unwrap();
+    assert!(all.values().all(|s| !s.id.contains("-without:")), "{all:?}");
+
+    let (with_log, without_log) = (with.stop(), without.stop());
+    assert!(without_log.contains("ACL token is missing or lacks permission"), "{without_log}");
+    assert!(with_log.contains("registered"), "{with_log}");
+    for log in [&with_log, &without_log] {
+        assert!(!log.contains(TOKEN), "the token appears in the log:\n{log}");
+    }
+}
