@@ -65,6 +65,28 @@ impl std::str::FromStr for AdminAddr {
     }
 }
 
+/// Asks the `/health` of a service running on this host at `addr` (an
+/// unspecified address means loopback): for container healthchecks, which
+/// run the service's own binary with `--probe`. `true` when it answers 200.
+pub async fn probe(addr: SocketAddr) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut target = addr;
+    if target.ip().is_unspecified() {
+        target.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let ask = async {
+        let mut conn = tokio::net::TcpStream::connect(target).await?;
+        conn.write_all(b"GET /health HTTP/1.0\r\nHost: localhost\r\n\r\n").await?;
+        let mut answer = Vec::new();
+        conn.read_to_end(&mut answer).await?;
+        Ok::<_, std::io::Error>(answer)
+    };
+    match tokio::time::timeout(std::time::Duration::from_secs(3), ask).await {
+        Ok(Ok(answer)) => answer.split(|b| *b == b' ').nth(1) == Some(b"200"),
+        _ => false,
+    }
+}
+
 /// Serves [`router`] on `addr` until `shutdown`. Binding errors are returned;
 /// the caller decides whether the service can run without its admin endpoint.
 pub async fn serve(
@@ -117,6 +139,9 @@ mod tests {
         let resp = reqwest::get(format!("http://{addr}/health")).await.unwrap();
         assert_eq!(resp.status(), 503);
         assert_eq!(resp.text().await.unwrap(), "consul unreachable\n");
+        assert!(!probe(addr).await, "probe sees the 503");
+        ok.store(true, Ordering::Relaxed);
+        assert!(probe(addr).await, "probe sees the 200");
         shutdown.cancel();
         task.await.unwrap();
     }

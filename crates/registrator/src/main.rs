@@ -13,6 +13,13 @@ use tracing::{info, warn};
 #[tokio::main]
 async fn main() {
     let args = Args::from_env();
+    if args.probe {
+        let healthy = match args.metrics_addr.0 {
+            Some(addr) => ops::admin::probe(addr).await,
+            None => false,
+        };
+        std::process::exit(if healthy { 0 } else { 1 });
+    }
     ops::init_tracing(args.log_format);
     if let Err(e) = run(args).await {
         tracing::error!("{e:#}");
