@@ -78,7 +78,7 @@ pub async fn run(opts: &Opts, bin: &PathBuf, out: &std::path::Path) -> anyhow::R
     let starts: Arc<Mutex<HashMap<String, SystemTime>>> = Arc::default();
     let seen: Arc<Mutex<HashMap<String, SystemTime>>> = Arc::default();
     let events = tokio::spawn(record_events("start", starts.clone()));
-    let watch = tokio::spawn(record_seen(consul.client(), LAT_SERVICE, seen.clone()));
+    let watch = tokio::spawn(record_presence(consul.client(), LAT_SERVICE, seen.clone(), Times::default()));
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut latencies = Vec::new();
     for _ in 0..opts.starts {
@@ -134,7 +134,7 @@ pub async fn run(opts: &Opts, bin: &PathBuf, out: &std::path::Path) -> anyhow::R
     let dies: Arc<Mutex<HashMap<String, SystemTime>>> = Arc::default();
     let gone: Arc<Mutex<HashMap<String, SystemTime>>> = Arc::default();
     let events = tokio::spawn(record_events("kill", dies.clone()));
-    let watch = tokio::spawn(record_gone(consul.client(), MANY_SERVICE, gone.clone()));
+    let watch = tokio::spawn(record_presence(consul.client(), MANY_SERVICE, Times::default(), gone.clone()));
     tokio::time::sleep(Duration::from_millis(300)).await;
     let t0 = Instant::now();
     scene.kill(killed).await?;
@@ -213,28 +213,12 @@ async fn record_events(action: &str, starts: Arc<Mutex<HashMap<String, SystemTim
     }
 }
 
-/// Records when each container's instance of `service` first shows in
-/// Consul's health API (what a load balancer reads).
-async fn record_seen(client: consul::Client, service: &str, seen: Arc<Mutex<HashMap<String, SystemTime>>>) {
-    let mut index = 0;
-    loop {
-        let Ok(res) = client.health_service(service, index, Duration::from_secs(30)).await else {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            continue;
-        };
-        let now = SystemTime::now();
-        index = consul::blocking::next_index(index, res.index);
-        let mut seen = seen.lock().unwrap();
-        for entry in res.value {
-            if let Some(container) = entry.service.meta.get(registrator::service::CONTAINER_META) {
-                seen.entry(container.clone()).or_insert(now);
-            }
-        }
-    }
-}
+/// Times of arrival and departure, by container ID.
+type Times = Arc<Mutex<HashMap<String, SystemTime>>>;
 
-/// Records when each container's instance of `service` leaves Consul's health API.
-async fn record_gone(client: consul::Client, service: &str, gone: Arc<Mutex<HashMap<String, SystemTime>>>) {
+/// Records when each container's instance of `service` first shows in
+/// Consul's health API (what a load balancer reads), and when it leaves it.
+async fn record_presence(client: consul::Client, service: &str, seen: Times, gone: Times) {
     let mut index = 0;
     let mut present: std::collections::HashSet<String> = Default::default();
     loop {
@@ -244,16 +228,22 @@ async fn record_gone(client: consul::Client, service: &str, gone: Arc<Mutex<Hash
         };
         let now = SystemTime::now();
         index = consul::blocking::next_index(index, res.index);
-        let seen: std::collections::HashSet<String> = res
+        let here: std::collections::HashSet<String> = res
             .value
             .iter()
             .filter_map(|e| e.service.meta.get(registrator::service::CONTAINER_META).cloned())
             .collect();
+        {
+            let mut seen = seen.lock().unwrap();
+            for arrived in here.difference(&present) {
+                seen.entry(arrived.clone()).or_insert(now);
+            }
+        }
         let mut gone = gone.lock().unwrap();
-        for left in present.difference(&seen) {
+        for left in present.difference(&here) {
             gone.entry(left.clone()).or_insert(now);
         }
-        present = seen;
+        present = here;
     }
 }
 

@@ -58,11 +58,7 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
         warn!("STATS_USER and STATS_PASSWORD are not both set: the stats page is off");
     }
     let haproxy = haproxy_for(&args);
-    for path in [&args.config, &args.master_socket, &args.runtime_socket] {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        }
-    }
+    create_dirs(&args)?;
     let opts = SyncOptions {
         wait_min: args.wait.0,
         wait_max: args.wait.1,
@@ -158,11 +154,7 @@ pub async fn keep(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let haproxy = haproxy_for(&args);
-    for path in [&args.config, &args.master_socket, &args.runtime_socket] {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        }
-    }
+    create_dirs(&args)?;
     let sync_task = tokio::spawn(keeper::keep_sync(sync_bin, sync_args, shutdown.clone()));
     // HAProxy starts on the file haproxy-sync writes first (Consul's state,
     // the file already there, or no routes), once it passes the check.
@@ -173,6 +165,16 @@ pub async fn keep(
     let (ready_tx, _ready_rx) = channel::channel(false);
     haproxy::supervise(haproxy, Duration::from_secs(args.grace), ready_tx, shutdown.clone()).await;
     let _ = sync_task.await;
+    Ok(())
+}
+
+/// Makes the directories of the configuration file and the sockets.
+fn create_dirs(args: &Args) -> anyhow::Result<()> {
+    for path in [&args.config, &args.master_socket, &args.runtime_socket] {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+    }
     Ok(())
 }
 

@@ -4,11 +4,7 @@ use haproxy_sync::config::Args;
 async fn main() {
     let args = <Args as clap::Parser>::parse();
     if args.probe {
-        let healthy = match args.metrics_addr.0 {
-            Some(addr) => ops::admin::probe(addr).await,
-            None => false,
-        };
-        std::process::exit(if healthy { 0 } else { 1 });
+        ops::admin::probe_and_exit(args.metrics_addr).await;
     }
     ops::init_tracing(args.log_format);
     let shutdown = ops::shutdown_token();

@@ -87,6 +87,15 @@ pub async fn probe(addr: SocketAddr) -> bool {
     }
 }
 
+/// `--probe`: exits 0 when the service's `/health` at `addr` answers 200, else 1.
+pub async fn probe_and_exit(addr: AdminAddr) -> ! {
+    let healthy = match addr.0 {
+        Some(addr) => probe(addr).await,
+        None => false,
+    };
+    std::process::exit(if healthy { 0 } else { 1 })
+}
+
 /// Serves [`router`] on `addr` until `shutdown`. Binding errors are returned;
 /// the caller decides whether the service can run without its admin endpoint.
 pub async fn serve(

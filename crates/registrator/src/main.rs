@@ -14,11 +14,7 @@ use tracing::{info, warn};
 async fn main() {
     let args = Args::from_env();
     if args.probe {
-        let healthy = match args.metrics_addr.0 {
-            Some(addr) => ops::admin::probe(addr).await,
-            None => false,
-        };
-        std::process::exit(if healthy { 0 } else { 1 });
+        ops::admin::probe_and_exit(args.metrics_addr).await;
     }
     ops::init_tracing(args.log_format);
     if let Err(e) = run(args).await {
