@@ -12,7 +12,7 @@ use consul::{Backoff, Client, ServiceEntry};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::model::{Catalog, Instance};
 
@@ -155,11 +155,18 @@ async fn watch_catalog(
             _ = shutdown.cancelled() => return,
             r = client.catalog_services(index, opts.wait) => r,
         };
+        // Consul's own servers are always in the catalog as `consul`: a list
+        // without a single service is what ACLs leave of it for a token that
+        // may read nothing, never the truth. Applying it would unroute all.
+        let result: Result<_, WatchError> = match result {
+            Ok(answer) if answer.value.is_empty() => Err(Refusal::NothingReadable.into()),
+            other => other.map_err(Into::into),
+        };
         match result {
             Ok(answer) => {
                 stats.up.set(1);
                 if backoff.attempts() > 0 {
-                    info!("Consul catalog reachable again");
+                    info!("Consul catalog readable again");
                 }
                 backoff.reset();
                 if is_news(index, answer.index) {
@@ -174,7 +181,15 @@ async fn watch_catalog(
             Err(e) => {
                 stats.errors.inc();
                 stats.up.set(0);
-                warn!(error = %e, "Consul catalog watch failed; keeping the last known services");
+                if e.is_forbidden() || matches!(e, WatchError::Refused(_)) {
+                    error!(
+                        error = %e,
+                        "Consul's ACLs let this token read no services: the ACL token is missing or lacks \
+                         service:read and node:read (CONSUL_HTTP_TOKEN); keeping the last known services"
+                    );
+                } else {
+                    warn!(error = %e, "Consul catalog watch failed; keeping the last known services");
+                }
                 index = 0;
                 tokio::select! { _ = shutdown.cancelled() => return, _ = backoff.wait() => {} }
             }
@@ -211,6 +226,17 @@ async fn watch_service(
                 }
                 index = next_index(index, answer.index);
             }
+            Err(e) if e.is_forbidden() => {
+                stats.errors.inc();
+                stats.up.set(0);
+                error!(
+                    service = %name, error = %e,
+                    "Consul refused to list this service's instances: the ACL token lacks service:read on it; \
+                     keeping the last known instances"
+                );
+                index = 0;
+                tokio::select! { _ = shutdown.cancelled() => return, _ = backoff.wait() => {} }
+            }
             Err(e) => {
                 stats.errors.inc();
                 stats.up.set(0);
@@ -231,6 +257,28 @@ fn instance(e: &ServiceEntry) -> Instance {
         status: e.status(),
         tags: e.service.tags.clone(),
         meta: e.service.meta.clone(),
+    }
+}
+
+/// An answer Consul gave that cannot be the catalog's true state.
+#[derive(Debug, thiserror::Error)]
+enum Refusal {
+    #[error("the catalog lists no service at all, not even `consul`")]
+    NothingReadable,
+}
+
+/// Why one catalog query gave nothing to use.
+#[derive(Debug, thiserror::Error)]
+enum WatchError {
+    #[error(transparent)]
+    Consul(#[from] consul::Error),
+    #[error(transparent)]
+    Refused(#[from] Refusal),
+}
+
+impl WatchError {
+    fn is_forbidden(&self) -> bool {
+        matches!(self, WatchError::Consul(e) if e.is_forbidden())
     }
 }
 

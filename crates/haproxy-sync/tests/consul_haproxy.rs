@@ -395,3 +395,75 @@ async fn haproxy_serves_on_while_haproxy_sync_is_killed_and_comes_back() {
     assert!(failed.is_empty(), "failed requests while haproxy-sync was down: {failed:?}");
     assert!(ok > 10, "{ok} requests");
 }
+
+#[tokio::test]
+async fn with_acls_on_a_token_routes_and_a_missing_or_revoked_one_unroutes_nothing() {
+    const MASTER: &str = "5b0e2c1a-acl-master-secret";
+    let consul = TestConsul::start_with_acls(MASTER).await;
+    let http = reqwest::Client::new();
+    let acl_api = |method: reqwest::Method, path: &str| {
+        http.request(method, format!("{}/v1/acl/{path}", consul.url())).header("X-Consul-Token", MASTER)
+    };
+    // A token that may read every service and node, as the README asks for.
+    let rules = r#"service_prefix "" { policy = "read" } node_prefix "" { policy = "read" }"#;
+    acl_api(reqwest::Method::PUT, "policy")
+        .json(&serde_json::json!({ "Name": "haproxy-sync", "Rules": rules }))
+        .send()
+        .await
+        .unwrap()
+        .error_for_status()
+        .unwrap();
+    let token: serde_json::Value = acl_api(reqwest::Method::PUT, "token")
+        .json(&serde_json::json!({ "Policies": [{ "Name": "haproxy-sync" }] }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let (secret, accessor) = (token["SecretID"].as_str().unwrap(), token["AccessorID"].as_str().unwrap());
+    let admin = consul.client_with(Some(MASTER));
+    let port = backend().await;
+    admin
+        .register(&Registration {
+            id: "web-1".into(),
+            name: "web".into(),
+            tags: vec!["rest".into()],
+            address: "127.0.0.1".into(),
+            port,
+            ..Registration::default()
+        })
+        .await
+        .unwrap();
+
+    let with = Lb::start(&consul, &["--token", secret]).await;
+    with.wait_ports("/web", &[port]).await;
+    let health = |lb: &Lb| reqwest::get(format!("http://127.0.0.1:{}/health", lb.admin));
+    assert_eq!(health(&with).await.unwrap().status(), 200);
+
+    // Without a token the catalog reads empty: never applied as the truth.
+    let without = Lb::start(&consul, &[]).await;
+    let why = eventually("health reports the refusal", LIMIT, || async {
+        let resp = health(&without).await.map_err(|e| e.to_string())?;
+        if resp.status() == 503 { Ok(resp.text().await.unwrap()) } else { Err(resp.status().to_string()) }
+    })
+    .await;
+    assert!(why.contains("Consul"), "{why}");
+    assert!(without.metric("haproxy_sync_consul_errors_total").await >= 1.0);
+    assert_eq!(without.get("/web").await.unwrap().0, 404);
+
+    // The token revoked under a running haproxy-sync: it keeps routing.
+    acl_api(reqwest::Method::DELETE, &format!("token/{accessor}")).send().await.unwrap().error_for_status().unwrap();
+    // A catalog change ends the blocking query in flight; the next one is refused.
+    let bump = Registration { id: "bump".into(), name: "bump".into(), port: 1, ..Registration::default() };
+    admin.register(&bump).await.unwrap();
+    eventually("health reports the revoked token", LIMIT, || async {
+        let status = health(&with).await.map_err(|e| e.to_string())?.status();
+        if status == 503 { Ok(()) } else { Err(status.to_string()) }
+    })
+    .await;
+    assert_eq!(with.ports("/web", 4).await, BTreeSet::from([port]));
+    assert!(with.config().contains("web"));
+    without.stop().await;
+    with.stop().await;
+}

@@ -359,16 +359,8 @@ impl Process {
 #[tokio::test]
 async fn with_acls_on_the_token_registers_its_absence_is_reported_and_it_is_never_logged() {
     const TOKEN: &str = "7d1c0f4e-acl-test-secret";
-    let acl = format!(
-        r#"acl {{ enabled = true default_policy = "deny" tokens {{ master = "{TOKEN}" agent = "{TOKEN}" }} }}"#
-    );
-    let consul = TestConsul::start_with(&["-hcl", &acl]).await;
-    let settings = consul::Settings {
-        base: Some(consul::address::parse(&consul.url()).unwrap().url),
-        token: Some(TOKEN.into()),
-        ..Default::default()
-    };
-    let admin = consul::Client::new(&settings).unwrap();
+    let consul = TestConsul::start_with_acls(TOKEN).await;
+    let admin = consul.client_with(Some(TOKEN));
     let mut scene = Scene::new();
     let name = scene.service("acl");
     let env = format!("SERVICE_NAME={name}");

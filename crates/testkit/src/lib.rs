@@ -56,13 +56,27 @@ impl TestConsul {
         consul
     }
 
+    /// Starts an agent with ACLs on and denying by default; `master` may do anything.
+    pub async fn start_with_acls(master: &str) -> Self {
+        let acl = format!(
+            r#"acl {{ enabled = true default_policy = "deny" tokens {{ master = "{master}" agent = "{master}" }} }}"#
+        );
+        Self::start_with(&["-hcl", &acl]).await
+    }
+
     pub fn url(&self) -> String {
         format!("http://{}", self.http)
     }
 
     pub fn client(&self) -> consul::Client {
+        self.client_with(None)
+    }
+
+    /// A client sending `token` (with ACLs on).
+    pub fn client_with(&self, token: Option<&str>) -> consul::Client {
         let settings = consul::Settings {
             base: Some(consul::address::parse(&self.url()).expect("url").url),
+            token: token.map(str::to_owned),
             ..Default::default()
         };
         consul::Client::new(&settings).expect("client")
