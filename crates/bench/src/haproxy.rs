@@ -8,8 +8,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -19,6 +17,7 @@ use serde::Serialize;
 use testkit::{TestConsul, free_port};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::load::Load;
 use crate::stats::{Summary, rss_mib};
 
 #[derive(Debug, Clone, clap::Args)]
@@ -130,7 +129,7 @@ async fn latency_and_scaling(opts: &Opts, bin: &Path, out: &Path, results: &mut 
     // deregistered first and stop a second later, as the stack does.
     let reloads_before = sync.metric("haproxy_sync_applies_total{kind=\"reload\"}").await;
     let runtime_before = sync.metric("haproxy_sync_applies_total{kind=\"runtime\"}").await;
-    let load = Load::start(&url, opts.connections);
+    let load = Load::closed(&url, opts.connections);
     let t0 = Instant::now();
     for cycle in 0..opts.cycles {
         let mut extra = Vec::new();
@@ -151,10 +150,10 @@ async fn latency_and_scaling(opts: &Opts, bin: &Path, out: &Path, results: &mut 
     }
     tokio::time::sleep(Duration::from_millis(1200)).await;
     results.scaling_seconds = t0.elapsed().as_secs_f64();
-    let (requests, failures) = load.stop().await;
-    results.requests = requests;
-    results.failed_requests = failures.len() as u64;
-    results.failures = failures.into_iter().take(20).collect();
+    let outcome = load.stop().await;
+    results.requests = outcome.requests;
+    results.failed_requests = outcome.failed;
+    results.failures = outcome.failures;
     results.reloads_during_scaling = sync.metric("haproxy_sync_applies_total{kind=\"reload\"}").await - reloads_before;
     results.runtime_applies_during_scaling =
         sync.metric("haproxy_sync_applies_total{kind=\"runtime\"}").await - runtime_before;
@@ -286,28 +285,17 @@ async fn large_catalog(services: usize, instances: usize, bin: &Path, out: &Path
 }
 
 /// A haproxy-sync process with its HAProxy, on free loopback ports.
-pub(crate) struct Sync {
-    pub(crate) child: Child,
-    pub(crate) dir: PathBuf,
+struct Sync {
+    child: Child,
+    dir: PathBuf,
     config: PathBuf,
     runtime: PathBuf,
-    pub(crate) http: u16,
+    http: u16,
     admin: u16,
 }
 
 impl Sync {
     fn start(bin: &Path, consul: &TestConsul, out: &Path, log: &str) -> anyhow::Result<Sync> {
-        Self::start_with(bin, consul, out, log, |_| Vec::new())
-    }
-
-    /// Starts haproxy-sync with extra arguments made from its directory.
-    pub(crate) fn start_with(
-        bin: &Path,
-        consul: &TestConsul,
-        out: &Path,
-        log: &str,
-        extra: impl FnOnce(&Path) -> Vec<String>,
-    ) -> anyhow::Result<Sync> {
         let (http, admin) = (free_port(), free_port());
         let dir = std::env::temp_dir().join(format!("portolan-bench-{http}"));
         std::fs::create_dir_all(&dir)?;
@@ -321,7 +309,6 @@ impl Sync {
             .args(["--bind", "127.0.0.1", "--http-port", &http.to_string(), "--stats-port", &free_port().to_string()])
             .args(["--wait", WAIT, "--grace", "1", "--metrics-addr", &format!("127.0.0.1:{admin}")])
             .args(["--log-format", "json"])
-            .args(extra(&dir))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -330,7 +317,7 @@ impl Sync {
         Ok(Sync { child, dir, config, runtime, http, admin })
     }
 
-    pub(crate) async fn wait_routes(&self, path: &str, limit: Duration) -> anyhow::Result<()> {
+    async fn wait_routes(&self, path: &str, limit: Duration) -> anyhow::Result<()> {
         let url = format!("http://127.0.0.1:{}{path}", self.http);
         let t0 = Instant::now();
         loop {
@@ -344,14 +331,19 @@ impl Sync {
         }
     }
 
-    pub(crate) async fn metric(&self, sample: &str) -> f64 {
-        let Ok(resp) = reqwest::get(format!("http://127.0.0.1:{}/metrics", self.admin)).await else { return f64::NAN };
-        let text = resp.text().await.unwrap_or_default();
-        text.lines()
-            .find_map(|l| l.strip_prefix(sample).and_then(|rest| rest.strip_prefix(' ')))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0.0)
+    async fn metric(&self, sample: &str) -> f64 {
+        metric(self.admin, sample).await
     }
+}
+
+/// One sample of the haproxy-sync whose /metrics is on loopback `port` (NaN if unreachable).
+pub(crate) async fn metric(port: u16, sample: &str) -> f64 {
+    let Ok(resp) = reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await else { return f64::NAN };
+    let text = resp.text().await.unwrap_or_default();
+    text.lines()
+        .find_map(|l| l.strip_prefix(sample).and_then(|rest| rest.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
 }
 
 impl Drop for Sync {
@@ -364,19 +356,19 @@ impl Drop for Sync {
 }
 
 /// A backend on loopback answering its port to every request.
-pub(crate) struct Backend {
-    pub(crate) port: u16,
+struct Backend {
+    port: u16,
     /// Stops the backend after the delay sent (its drain).
     stop: tokio::sync::oneshot::Sender<Duration>,
 }
 
 impl Backend {
-    pub(crate) fn stop_after(self, drain: Duration) {
+    fn stop_after(self, drain: Duration) {
         let _ = self.stop.send(drain);
     }
 }
 
-pub(crate) async fn backend() -> anyhow::Result<Backend> {
+async fn backend() -> anyhow::Result<Backend> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let port = listener.local_addr()?.port();
     let (tx, rx) = tokio::sync::oneshot::channel::<Duration>();
@@ -393,7 +385,7 @@ pub(crate) async fn backend() -> anyhow::Result<Backend> {
     Ok(Backend { port, stop: tx })
 }
 
-pub(crate) async fn register(client: &consul::Client, id: &str, name: &str, port: u16) -> anyhow::Result<()> {
+async fn register(client: &consul::Client, id: &str, name: &str, port: u16) -> anyhow::Result<()> {
     let reg = Registration {
         id: id.into(),
         name: name.into(),
@@ -403,52 +395,6 @@ pub(crate) async fn register(client: &consul::Client, id: &str, name: &str, port
         ..Registration::default()
     };
     client.register(&reg).await.context("register")
-}
-
-/// Steady load: `n` connections sending requests back to back.
-struct Load {
-    stop: Arc<AtomicBool>,
-    ok: Arc<AtomicU64>,
-    tasks: Vec<tokio::task::JoinHandle<Vec<String>>>,
-}
-
-impl Load {
-    fn start(url: &str, n: usize) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let ok = Arc::new(AtomicU64::new(0));
-        let tasks = (0..n)
-            .map(|_| {
-                let (url, stop, ok) = (url.to_owned(), stop.clone(), ok.clone());
-                tokio::spawn(async move {
-                    let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().expect("client");
-                    let mut failures = Vec::new();
-                    while !stop.load(Ordering::Relaxed) {
-                        match http.get(&url).send().await {
-                            Ok(r) if r.status().is_success() => match r.bytes().await {
-                                Ok(_) => {
-                                    ok.fetch_add(1, Ordering::Relaxed);
-                                }
-                                Err(e) => failures.push(format!("body: {e}")),
-                            },
-                            Ok(r) => failures.push(format!("status {}", r.status())),
-                            Err(e) => failures.push(format!("{e}")),
-                        }
-                    }
-                    failures
-                })
-            })
-            .collect();
-        Load { stop, ok, tasks }
-    }
-
-    async fn stop(self) -> (u64, Vec<String>) {
-        self.stop.store(true, Ordering::Relaxed);
-        let mut failures = Vec::new();
-        for t in self.tasks {
-            failures.extend(t.await.unwrap_or_default());
-        }
-        (self.ok.load(Ordering::Relaxed) + failures.len() as u64, failures)
-    }
 }
 
 /// One command on HAProxy's runtime API.

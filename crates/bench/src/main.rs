@@ -5,6 +5,7 @@
 
 mod docker;
 mod haproxy;
+mod load;
 mod modes;
 mod plot;
 mod registrator;
@@ -38,7 +39,7 @@ enum Scenario {
     Registrator(registrator::Opts),
     /// Consul change → serving latency, scaling under load, a large catalog.
     HaproxySync(haproxy::Opts),
-    /// The same changes under load, applied three ways: runtime API, reload, haproxy -sf.
+    /// The whole stack scaled under load, changes applied three ways: runtime API, reload, haproxy -sf.
     ApplyModes(modes::Opts),
     /// Discovery latency on the whole compose stack.
     Stack(stack::Opts),
@@ -70,7 +71,7 @@ async fn main() -> anyhow::Result<()> {
             write(&cli.out, "haproxy-sync", &results)?;
         }
         Scenario::ApplyModes(opts) => {
-            let runs = modes::run(opts, &cli.bin_dir.join("haproxy-sync"), &cli.out).await?;
+            let runs = modes::run(opts, &cli.out).await?;
             write(&cli.out, "apply-modes", &runs)?;
             let png = cli.out.join("apply-modes.png");
             plot::apply_modes(&runs, &png)?;
@@ -85,12 +86,8 @@ async fn main() -> anyhow::Result<()> {
             let hs =
                 haproxy::Opts { changes: 50, cycles: 10, sizes: vec![100, 500, 1000], instances: 10, connections: 8 };
             write(&cli.out, "haproxy-sync", &haproxy::run(&hs, &cli.bin_dir.join("haproxy-sync"), &cli.out).await?)?;
-            let modes_opts = modes::Opts { cycles: 10, connections: 8 };
-            write(
-                &cli.out,
-                "apply-modes",
-                &modes::run(&modes_opts, &cli.bin_dir.join("haproxy-sync"), &cli.out).await?,
-            )?;
+            let modes_opts = modes::Opts { cycles: 10, connections: 8, rate: 200 };
+            write(&cli.out, "apply-modes", &modes::run(&modes_opts, &cli.out).await?)?;
             write(&cli.out, "footprint", &report::footprint(&cli.bin_dir).await?)?;
             write(&cli.out, "stack", &stack::run(&stack::Opts { starts: 50 }).await?)?;
             report::write(&cli.out, dir, "scripts/bench")?;

@@ -1,190 +1,192 @@
-//! The same changes under the same steady load, applied three ways on the
-//! same HAProxy build: haproxy-sync's default (runtime API, master-worker
-//! reload for structure), a master-worker reload for every change, and the
-//! replaced stack's way (re-render the file, `haproxy -f … -sf <old pids>`).
+//! Zero loss under change, on the whole compose stack: under steady load
+//! through HAProxy, the demo service is scaled 1 → 10 → 1 with
+//! `docker compose up --scale` while a second service appears and goes,
+//! once per cycle. The same run is made three ways, each on a stack of its
+//! own built from the same images (so the same HAProxy build):
+//!
+//! - `runtime`: haproxy-sync's default (runtime API for instances,
+//!   master-worker reload for structure);
+//! - `reload`: a master-worker reload for every change (`--apply reload`);
+//! - `sf`: the replaced stack's way: no master process; every change
+//!   re-renders the file and runs `haproxy -D -f … -sf <old pid>`, as
+//!   Consul Template's `command` did.
+//!
+//! Two loads run side by side: a closed loop of a few connections (as many
+//! requests as the machine answers) and an open loop at a fixed rate, the
+//! same in every run so the three can be compared request for request.
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use serde::Serialize;
-use testkit::TestConsul;
+use anyhow::{Context, bail};
+use e2e::{Answer, Stack};
+use serde::{Deserialize, Serialize};
+use testkit::free_port;
 
-use crate::haproxy::{Sync, backend, register};
+use crate::docker::docker;
+use crate::load::{Load, Outcome};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct Opts {
     /// Cycles of: scale 1 → 10, a new service appears, scale 10 → 1, it goes.
     #[arg(long, default_value_t = 10)]
     pub cycles: usize,
-    /// Concurrent connections of the steady load.
+    /// Connections of the closed-loop load.
     #[arg(long, default_value_t = 8)]
     pub connections: usize,
+    /// Requests per second of the fixed-rate load.
+    #[arg(long, default_value_t = 200)]
+    pub rate: u32,
 }
 
-#[derive(Debug, Serialize, serde::Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct Run {
     pub mode: String,
-    pub requests: u64,
-    pub failed: u64,
-    pub failures: Vec<String>,
+    /// The closed-loop load.
+    pub max: Outcome,
+    pub connections: usize,
+    /// The fixed-rate load.
+    pub fixed: Outcome,
+    pub rate: u32,
     pub reloads: f64,
     pub runtime_applies: f64,
     pub seconds: f64,
-    /// Per 100 ms since the load started: answered, failed.
-    pub series: Vec<(u64, u64)>,
-    /// Seconds since the load started, and what happened.
+    /// Seconds since the loads started, and what happened.
     pub events: Vec<(f64, String)>,
 }
 
 const MODES: [&str; 3] = ["runtime", "reload", "sf"];
+const TEMPLATE: &str = include_str!("../../../haproxy/haproxy.cfg.hbs");
 
-pub async fn run(opts: &Opts, bin: &Path, out: &Path) -> anyhow::Result<Vec<Run>> {
+pub async fn run(opts: &Opts, out: &Path) -> anyhow::Result<Vec<Run>> {
     let mut runs = Vec::new();
     for mode in MODES {
-        let run = one(mode, opts, bin, out).await?;
+        let run = one(mode, opts, out).await?;
         eprintln!(
-            "[apply-modes] {mode:>7}: {} requests, {} failed, {} reloads, {} runtime applies",
-            run.requests, run.failed, run.reloads, run.runtime_applies
+            "[apply-modes] {mode:>7}: closed loop {} requests, {} failed; {} req/s {} requests, {} failed \
+             (p99 {:.1} ms); {} reloads, {} runtime applies",
+            run.max.requests,
+            run.max.failed,
+            run.rate,
+            run.fixed.requests,
+            run.fixed.failed,
+            run.fixed.latency_p99_ms,
+            run.reloads,
+            run.runtime_applies
         );
         runs.push(run);
     }
     Ok(runs)
 }
 
-async fn one(mode: &'static str, opts: &Opts, bin: &Path, out: &Path) -> anyhow::Result<Run> {
-    let consul = TestConsul::start().await;
-    let client = consul.client();
-    let base = backend().await?;
-    register(&client, "bench-0", "bench", base.port).await?;
-    let template = include_str!("../../../haproxy/haproxy.cfg.hbs");
-    let sync = Sync::start_with(bin, &consul, out, &format!("apply-{mode}.log"), |dir| match mode {
-        "runtime" => vec![],
-        "reload" => vec!["--apply".into(), "reload".into()],
+/// The compose file laid over the stack's for `mode`: haproxy-sync's
+/// metrics on a loopback port, and the mode's way of applying.
+fn override_file(mode: &str, metrics: u16, out: &Path) -> anyhow::Result<std::path::PathBuf> {
+    let out = out.canonicalize()?;
+    let mut haproxy = serde_json::json!({ "ports": [format!("127.0.0.1:{metrics}:9090")] });
+    match mode {
+        "runtime" => {}
+        "reload" => haproxy["command"] = serde_json::json!(["consul://consul:8500", "--apply", "reload"]),
         _ => {
-            // No master process: each change starts a new HAProxy that
-            // takes over from the old ones, as Consul Template's command did.
-            let classic = template.replace("    master-worker\n", "").replace(" expose-fd listeners", "");
-            let path = dir.join("classic.hbs");
-            std::fs::write(&path, classic).expect("write template");
-            let (cfg, pid) = (dir.join("haproxy.cfg"), dir.join("haproxy.pid"));
-            let command = format!(
-                "p=$(cat {pid} 2>/dev/null); exec haproxy -D -f {cfg} -p {pid} ${{p:+-sf $p}}",
-                pid = pid.display(),
-                cfg = cfg.display()
-            );
-            let mut args = vec!["--apply".into(), "reload".into(), "--template".into()];
-            args.extend([path.display().to_string(), "--command".into(), command]);
-            args
+            // No master process: each change starts a new HAProxy that takes
+            // over from the old one. ($$ is a $ once compose has read it.)
+            let classic = TEMPLATE.replace("    master-worker\n", "").replace(" expose-fd listeners", "");
+            let template = out.join("classic.hbs");
+            std::fs::write(&template, classic)?;
+            let (cfg, pid) = ("/var/lib/haproxy-sync/haproxy.cfg", "/var/run/haproxy-sync/haproxy.pid");
+            let command = format!("p=$$(cat {pid} 2>/dev/null); exec haproxy -D -f {cfg} -p {pid} $${{p:+-sf $$p}}");
+            haproxy["entrypoint"] = serde_json::json!(["tini", "--", "haproxy-sync"]);
+            haproxy["command"] = serde_json::json!([
+                "consul://consul:8500",
+                "--apply",
+                "reload",
+                "--template",
+                "/etc/haproxy-sync/classic.hbs",
+                "--command",
+                command
+            ]);
+            haproxy["volumes"] =
+                serde_json::json!([format!("{}:/etc/haproxy-sync/classic.hbs:ro", template.display())]);
         }
-    })?;
-    sync.wait_routes("/bench", Duration::from_secs(30)).await?;
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let reloads0 = sync.metric("haproxy_sync_applies_total{kind=\"reload\"}").await;
-    let runtime0 = sync.metric("haproxy_sync_applies_total{kind=\"runtime\"}").await;
+    }
+    // JSON is YAML: compose reads it as such.
+    let path = out.join(format!("apply-{mode}.compose.yml"));
+    std::fs::write(&path, serde_json::to_string_pretty(&serde_json::json!({ "services": { "haproxy": haproxy } }))?)?;
+    Ok(path)
+}
 
-    let url = format!("http://127.0.0.1:{}/bench", sync.http);
-    let load = Series::start(&url, opts.connections);
-    let events: Arc<Mutex<Vec<(f64, String)>>> = Arc::default();
-    let note = |what: String| events.lock().unwrap().push((load.t0.elapsed().as_secs_f64(), what));
+/// A container beside the stack, removed when dropped.
+struct Beside(String);
+
+impl Drop for Beside {
+    fn drop(&mut self) {
+        let _ = docker(&["rm", "-f", &self.0]);
+    }
+}
+
+async fn one(mode: &'static str, opts: &Opts, out: &Path) -> anyhow::Result<Run> {
+    let metrics = free_port();
+    let stack = Stack::new(&format!("modes-{mode}")).with_override(override_file(mode, metrics, out)?);
+    tokio::task::block_in_place(|| stack.up(1));
+    let t0 = std::time::Instant::now();
+    while !matches!(stack.get("/hello").await, Answer::Host(_)) {
+        if t0.elapsed() > Duration::from_secs(30) {
+            bail!("{mode}: /hello not routed 30 s after the stack was up\n{}", stack.logs());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let metric = |sample: &'static str| crate::haproxy::metric(metrics, sample);
+    let reloads0 = metric("haproxy_sync_applies_total{kind=\"reload\"}").await;
+    let runtime0 = metric("haproxy_sync_applies_total{kind=\"runtime\"}").await;
+
+    let url = format!("http://127.0.0.1:{}/hello", stack.http_port);
+    let max = Load::closed(&url, opts.connections);
+    let fixed = Load::rate(&url, opts.rate);
+    let mut events = Vec::new();
+    let scale = |n: usize| {
+        tokio::task::block_in_place(|| {
+            stack.compose(&["up", "-d", "--no-recreate", "--scale", &format!("hello={n}"), "hello"]);
+        })
+    };
     tokio::time::sleep(Duration::from_secs(1)).await;
     for cycle in 0..opts.cycles {
-        note("scale 1→10".into());
-        let mut extra = Vec::new();
-        for i in 1..10 {
-            let b = backend().await?;
-            let id = format!("scale-{cycle}-{i}");
-            register(&client, &id, "bench", b.port).await?;
-            extra.push((id, b));
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        events.push((max.elapsed(), "scale 1→10".to_owned()));
+        scale(10);
         tokio::time::sleep(Duration::from_millis(500)).await;
-        note("new service".into());
-        let other = backend().await?;
-        register(&client, &format!("other-{cycle}"), &format!("other{cycle}"), other.port).await?;
+
+        events.push((max.elapsed(), "new service".to_owned()));
+        let other = Beside(format!("{}-other-{cycle}", stack.project));
+        let service = format!("SERVICE_NAME=other{cycle}");
+        let network = stack.network();
+        #[rustfmt::skip]
+        let args = ["run", "-d", "--name", &other.0, "--network", &network, "-e", &service,
+            "-e", "SERVICE_TAGS=rest", "-e", "SERVICE_LB_CHECK_PATH=/health", "-e", "DRAIN_SECONDS=1",
+            "portolan/hello:latest"];
+        tokio::task::block_in_place(|| docker(&args)).context("start the new service")?;
         tokio::time::sleep(Duration::from_millis(500)).await;
-        note("scale 10→1".into());
-        for (id, b) in extra {
-            client.deregister(&id).await?;
-            b.stop_after(Duration::from_secs(1));
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+
+        events.push((max.elapsed(), "scale 10→1".to_owned()));
+        scale(1);
         tokio::time::sleep(Duration::from_millis(300)).await;
-        note("service gone".into());
-        client.deregister(&format!("other-{cycle}")).await?;
-        other.stop_after(Duration::from_secs(1));
+
+        events.push((max.elapsed(), "service gone".to_owned()));
+        tokio::task::block_in_place(|| docker(&["stop", "-t", "5", &other.0])).context("stop the new service")?;
+        drop(other);
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let (series, failures) = load.stop().await;
-    let requests = series.iter().map(|(ok, err)| ok + err).sum();
-    let events = events.lock().unwrap().clone();
-    let run = Run {
+    let seconds = max.elapsed();
+    let (max, fixed) = (max.stop().await, fixed.stop().await);
+    Ok(Run {
         mode: mode.to_owned(),
-        requests,
-        failed: failures.len() as u64,
-        failures: failures.into_iter().take(20).collect(),
-        reloads: sync.metric("haproxy_sync_applies_total{kind=\"reload\"}").await - reloads0,
-        runtime_applies: sync.metric("haproxy_sync_applies_total{kind=\"runtime\"}").await - runtime0,
-        seconds: series.len() as f64 / 10.0,
-        series,
+        max,
+        connections: opts.connections,
+        fixed,
+        rate: opts.rate,
+        reloads: metric("haproxy_sync_applies_total{kind=\"reload\"}").await - reloads0,
+        runtime_applies: metric("haproxy_sync_applies_total{kind=\"runtime\"}").await - runtime0,
+        seconds,
         events,
-    };
-    Ok(run)
-}
-
-/// Steady load recording answers and failures per 100 ms.
-struct Series {
-    t0: Instant,
-    stop: Arc<std::sync::atomic::AtomicBool>,
-    buckets: Arc<Mutex<Vec<(u64, u64)>>>,
-    tasks: Vec<tokio::task::JoinHandle<Vec<String>>>,
-}
-
-impl Series {
-    fn start(url: &str, n: usize) -> Series {
-        let t0 = Instant::now();
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let buckets: Arc<Mutex<Vec<(u64, u64)>>> = Arc::default();
-        let tasks = (0..n)
-            .map(|_| {
-                let (url, stop, buckets) = (url.to_owned(), stop.clone(), buckets.clone());
-                tokio::spawn(async move {
-                    let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().expect("client");
-                    let mut failures = Vec::new();
-                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                        let ok = match http.get(&url).send().await {
-                            Ok(r) if r.status().is_success() => r.bytes().await.map_err(|e| format!("body: {e}")),
-                            Ok(r) => Err(format!("status {}", r.status())),
-                            Err(e) => Err(e.to_string()),
-                        };
-                        let slot = (t0.elapsed().as_millis() / 100) as usize;
-                        let mut b = buckets.lock().unwrap();
-                        if b.len() <= slot {
-                            b.resize(slot + 1, (0, 0));
-                        }
-                        match ok {
-                            Ok(_) => b[slot].0 += 1,
-                            Err(e) => {
-                                b[slot].1 += 1;
-                                failures.push(format!("{:.1}s {e}", t0.elapsed().as_secs_f64()));
-                            }
-                        }
-                    }
-                    failures
-                })
-            })
-            .collect();
-        Series { t0, stop, buckets, tasks }
-    }
-
-    async fn stop(self) -> (Vec<(u64, u64)>, Vec<String>) {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        let mut failures = Vec::new();
-        for t in self.tasks {
-            failures.extend(t.await.unwrap_or_default());
-        }
-        let series = self.buckets.lock().unwrap().clone();
-        (series, failures)
-    }
+    })
 }

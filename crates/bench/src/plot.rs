@@ -106,36 +106,48 @@ pub fn growth(large: &serde_json::Value, path: &Path) -> anyhow::Result<()> {
 }
 
 /// Requests per second and failures over time, one panel per apply mode,
-/// changes marked.
+/// both loads drawn, changes marked.
 pub fn apply_modes(runs: &[Run], path: &Path) -> anyhow::Result<()> {
     register_font()?;
     let root = BitMapBackend::new(path, (1200, 300 * runs.len() as u32)).into_drawing_area();
     root.fill(&WHITE)?;
     let panels = root.split_evenly((runs.len(), 1));
-    let max_rps = runs.iter().flat_map(|r| r.series.iter().map(|(ok, err)| (ok + err) * 10)).max().unwrap_or(1) as f64;
+    let per_second = |series: &[(u64, u64)]| series.iter().map(|(ok, err)| (ok + err) * 10).max().unwrap_or(1);
+    let top = runs.iter().map(|r| per_second(&r.max.series).max(per_second(&r.fixed.series))).max().unwrap_or(1) as f64;
+    let top = top * 1.1;
     let max_t = runs.iter().map(|r| r.seconds).fold(1.0, f64::max);
+    let fixed_color = RGBColor(0, 150, 60);
     for (run, panel) in runs.iter().zip(panels) {
         let title = format!(
-            "{}: {} requests, {} failed, {} reloads, {} runtime applies",
-            run.mode, run.requests, run.failed, run.reloads, run.runtime_applies
+            "{}: {} failed of {} (closed loop), {} of {} ({} req/s); {} reloads, {} runtime applies",
+            run.mode,
+            run.max.failed,
+            run.max.requests,
+            run.fixed.failed,
+            run.fixed.requests,
+            run.rate,
+            run.reloads,
+            run.runtime_applies
         );
         let mut chart = ChartBuilder::on(&panel)
-            .caption(title, ("sans-serif", 18))
+            .caption(title, ("sans-serif", 17))
             .margin(10)
             .x_label_area_size(30)
             .y_label_area_size(60)
-            .build_cartesian_2d(0.0..max_t, 0.0..max_rps * 1.1)?;
+            .build_cartesian_2d(0.0..max_t, 0.0..top)?;
         chart.configure_mesh().x_desc("seconds").y_desc("requests/s").disable_mesh().draw()?;
         for (t, what) in &run.events {
-            let color = if what.contains("service") { RGBColor(200, 140, 0) } else { RGBColor(160, 160, 160) };
-            chart.draw_series(LineSeries::new([(*t, 0.0), (*t, max_rps * 1.1)], color.stroke_width(1)))?;
+            let color = if what.contains("service") { RGBColor(200, 140, 0) } else { RGBColor(170, 170, 170) };
+            chart.draw_series(LineSeries::new([(*t, 0.0), (*t, top)], color.stroke_width(1)))?;
         }
-        let ok = run.series.iter().enumerate().map(|(i, (ok, _))| (i as f64 / 10.0, *ok as f64 * 10.0));
-        chart.draw_series(LineSeries::new(ok, BLUE.stroke_width(1)))?;
-        let failed = run.series.iter().enumerate().filter(|(_, (_, err))| *err > 0);
-        chart.draw_series(
-            failed.map(|(i, (_, err))| Circle::new((i as f64 / 10.0, *err as f64 * 10.0), 4, RED.filled())),
-        )?;
+        for (outcome, color) in [(&run.max, BLUE), (&run.fixed, fixed_color)] {
+            let ok = outcome.series.iter().enumerate().map(|(i, (ok, _))| (i as f64 / 10.0, *ok as f64 * 10.0));
+            chart.draw_series(LineSeries::new(ok, color.stroke_width(1)))?;
+            let failed = outcome.series.iter().enumerate().filter(|(_, (_, err))| *err > 0);
+            chart.draw_series(
+                failed.map(|(i, (_, err))| Circle::new((i as f64 / 10.0, *err as f64 * 10.0), 4, RED.filled())),
+            )?;
+        }
     }
     root.present()?;
     Ok(())

@@ -222,25 +222,57 @@ pub fn write(out: &Path, dir: &Path, command: &str) -> anyhow::Result<()> {
         crate::plot::growth(&hs["large"], &dir.join("growth.png"))?;
         writeln!(md, "![growth with catalog size](growth.png)\n")?;
     }
-    if let Some(runs) = modes.as_array() {
-        writeln!(md, "## Apply modes (`portolan-bench apply-modes`)\n")?;
-        writeln!(md, "| Apply | Requests | Failed | Reloads | Runtime applies |\n|---|---|---|---|---|")?;
-        for r in runs {
+    if modes.is_array() {
+        writeln!(md, "## Zero loss under change: three ways to apply (`portolan-bench apply-modes`)\n")?;
+        let runs: Vec<crate::modes::Run> = serde_json::from_value(modes)?;
+        if let Some(r) = runs.first() {
             writeln!(
                 md,
-                "| {} | {} | {} | {} | {} |",
-                r["mode"].as_str().unwrap_or_default(),
-                r["requests"],
-                r["failed"],
-                r["reloads"],
-                r["runtime_applies"]
+                "The whole compose stack; `hello` scaled 1 → 10 → 1 with `docker compose up --scale` and a second \
+                 service started and stopped, {} times, under two loads through HAProxy at once: a closed loop of {} \
+                 connections (as many requests as the machine answers) and a fixed {} requests/s. Each way runs on \
+                 a stack of its own from the same images, so the same HAProxy build.\n",
+                r.events.iter().filter(|(_, what)| what == "new service").count(),
+                r.connections,
+                r.rate
             )?;
         }
         writeln!(
             md,
-            "\n`runtime`: haproxy-sync's default; `reload`: `--apply reload`; `sf`: re-render and `haproxy -f … -sf <old pids>` for every change.\n"
+            "| Apply | Closed loop: requests (req/s) | failed | Fixed rate: requests | failed | p99 | max | Reloads | Runtime applies |\n|---|---|---|---|---|---|---|---|---|"
         )?;
-        let runs: Vec<crate::modes::Run> = serde_json::from_value(modes.clone())?;
+        for r in &runs {
+            writeln!(
+                md,
+                "| {} | {} ({:.0}) | **{}** | {} | **{}** | {:.1} ms | {:.0} ms | {} | {} |",
+                r.mode,
+                r.max.requests,
+                r.max.requests as f64 / r.seconds.max(1e-9),
+                r.max.failed,
+                r.fixed.requests,
+                r.fixed.failed,
+                r.fixed.latency_p99_ms,
+                r.fixed.latency_max_ms,
+                r.reloads,
+                r.runtime_applies
+            )?;
+        }
+        writeln!(
+            md,
+            "\n`runtime`: haproxy-sync's default (runtime API for instances, master-worker reload for structure); \
+             `reload`: `--apply reload`, a master-worker reload for every change; `sf`: the replaced stack's way, \
+             re-render the file and run `haproxy -D -f … -sf <old pid>` for every change. p99 and max are the \
+             fixed-rate requests' latencies.\n"
+        )?;
+        for r in runs.iter().filter(|r| r.max.failed + r.fixed.failed > 0) {
+            let first: Vec<&String> = r.max.failures.iter().chain(&r.fixed.failures).take(5).collect();
+            writeln!(
+                md,
+                "First failures, `{}`: {}\n",
+                r.mode,
+                first.iter().map(|f| format!("`{f}`")).collect::<Vec<_>>().join(", ")
+            )?;
+        }
         crate::plot::apply_modes(&runs, &dir.join("apply-modes.png"))?;
         writeln!(md, "![requests/s during changes](apply-modes.png)\n")?;
     }

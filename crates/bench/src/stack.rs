@@ -35,7 +35,7 @@ pub struct Results {
 pub async fn run(opts: &Opts) -> anyhow::Result<Results> {
     let stack = Stack::new("bench");
     stack.up(1);
-    let network = format!("{}_default", stack.project);
+    let network = stack.network();
     let consul = consul::Client::new(&consul::Settings {
         base: Some(format!("http://127.0.0.1:{}/", stack.consul_port).parse()?),
         ..Default::default()

@@ -1,6 +1,6 @@
 //! Every benchmark scenario at tiny sizes, and the report, so that the
 //! benchmark cannot rot. No figure is asserted, only that each scenario
-//! measured what it says. Needs the workspace's binaries built
+//! measured what it says. Needs the workspace's binaries and the stack's images built
 //! (`scripts/test` builds them first).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -43,6 +43,11 @@ fn every_scenario_runs_small_and_the_report_is_written() {
     let modes = json(&out, "apply-modes");
     let names: Vec<&str> = modes.as_array().unwrap().iter().map(|r| r["mode"].as_str().unwrap()).collect();
     assert_eq!(names, ["runtime", "reload", "sf"]);
+    for run in modes.as_array().unwrap() {
+        assert!(run["max"]["requests"].as_u64().unwrap() > 0, "{run}");
+        assert!(run["fixed"]["requests"].as_u64().unwrap() > 0, "{run}");
+        assert_eq!(run["events"].as_array().unwrap().len(), 4, "{run}");
+    }
 
     bench(&out, &["footprint"]);
     assert!(json(&out, "footprint")["demo_service_rss_mib"].as_f64().unwrap() > 0.0);

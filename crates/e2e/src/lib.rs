@@ -20,6 +20,8 @@ pub struct Stack {
     pub stats_port: u16,
     pub consul_port: u16,
     pub dns_port: u16,
+    /// Compose files laid over the stack's own (`-f`, in order).
+    overrides: Vec<PathBuf>,
     http: reqwest::Client,
 }
 
@@ -47,6 +49,7 @@ impl Stack {
             stats_port: free_port(),
             consul_port: free_port(),
             dns_port: free_port(),
+            overrides: Vec::new(),
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(5))
                 // One connection per request, as curl makes.
@@ -54,6 +57,17 @@ impl Stack {
                 .build()
                 .expect("http client"),
         }
+    }
+
+    /// Lays the compose file `path` over the stack's own, as `docker compose -f … -f path`.
+    pub fn with_override(mut self, path: PathBuf) -> Self {
+        self.overrides.push(path);
+        self
+    }
+
+    /// The project's network, where its containers and any started beside them meet.
+    pub fn network(&self) -> String {
+        format!("{}_default", self.project)
     }
 
     /// Runs `docker compose <args>` for this project; panics with its output on failure.
@@ -70,7 +84,11 @@ impl Stack {
 
     fn compose_command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new("docker");
-        cmd.arg("compose").arg("-p").arg(&self.project).arg("-f").arg(compose_file()).args(args);
+        cmd.arg("compose").arg("-p").arg(&self.project).arg("-f").arg(compose_file());
+        for file in &self.overrides {
+            cmd.arg("-f").arg(file);
+        }
+        cmd.args(args);
         cmd.env("HTTP_PORT", self.http_port.to_string())
             .env("STATS_PORT", self.stats_port.to_string())
             .env("CONSUL_PORT", self.consul_port.to_string())
