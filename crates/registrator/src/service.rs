@@ -284,7 +284,11 @@ pub fn split_tags(raw: &str) -> Vec<String> {
             ch => tags.last_mut().expect("never empty").push(ch),
         }
     }
-    tags.into_iter().map(|t| t.trim().chars().take(MAX_TAG).collect::<String>()).filter(|t| !t.is_empty()).collect()
+    // Trimmed again after the cap, which may end a tag on a space.
+    tags.into_iter()
+        .map(|t| t.trim().chars().take(MAX_TAG).collect::<String>().trim_end().to_owned())
+        .filter(|t| !t.is_empty())
+        .collect()
 }
 
 fn clean_id(id: &str) -> Result<String, String> {
