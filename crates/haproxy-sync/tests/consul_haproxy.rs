@@ -400,28 +400,10 @@ async fn haproxy_serves_on_while_haproxy_sync_is_killed_and_comes_back() {
 async fn with_acls_on_a_token_routes_and_a_missing_or_revoked_one_unroutes_nothing() {
     const MASTER: &str = "5b0e2c1a-acl-master-secret";
     let consul = TestConsul::start_with_acls(MASTER).await;
-    let http = reqwest::Client::new();
-    let acl_api = |method: reqwest::Method, path: &str| {
-        http.request(method, format!("{}/v1/acl/{path}", consul.url())).header("X-Consul-Token", MASTER)
-    };
     // A token that may read every service and node, as the README asks for.
     let rules = r#"service_prefix "" { policy = "read" } node_prefix "" { policy = "read" }"#;
-    acl_api(reqwest::Method::PUT, "policy")
-        .json(&serde_json::json!({ "Name": "haproxy-sync", "Rules": rules }))
-        .send()
-        .await
-        .unwrap()
-        .error_for_status()
-        .unwrap();
-    let token: serde_json::Value = acl_api(reqwest::Method::PUT, "token")
-        .json(&serde_json::json!({ "Policies": [{ "Name": "haproxy-sync" }] }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let (secret, accessor) = (token["SecretID"].as_str().unwrap(), token["AccessorID"].as_str().unwrap());
+    let (secret, accessor) = consul.acl_token(MASTER, rules).await;
+    let secret = secret.as_str();
     let admin = consul.client_with(Some(MASTER));
     let port = backend().await;
     admin
@@ -453,7 +435,7 @@ async fn with_acls_on_a_token_routes_and_a_missing_or_revoked_one_unroutes_nothi
     assert_eq!(without.get("/web").await.unwrap().0, 404);
 
     // The token revoked under a running haproxy-sync: it keeps routing.
-    acl_api(reqwest::Method::DELETE, &format!("token/{accessor}")).send().await.unwrap().error_for_status().unwrap();
+    consul.revoke_token(MASTER, &accessor).await;
     // A catalog change ends the blocking query in flight; the next one is refused.
     let bump = Registration { id: "bump".into(), name: "bump".into(), port: 1, ..Registration::default() };
     admin.register(&bump).await.unwrap();

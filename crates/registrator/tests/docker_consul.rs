@@ -326,6 +326,10 @@ struct Process {
 
 impl Process {
     fn start(consul: &TestConsul, owner: &str, token: Option<&str>) -> Process {
+        Self::start_with(consul, owner, token, &[])
+    }
+
+    fn start_with(consul: &TestConsul, owner: &str, token: Option<&str>, env: &[(&str, &str)]) -> Process {
         let admin = free_port();
         let log = std::env::temp_dir().join(format!("registrator-{owner}-{admin}.log"));
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_registrator"));
@@ -333,6 +337,7 @@ impl Process {
             .arg(format!("consul://{}", consul.http))
             .env("RUST_LOG", "debug")
             .env_remove("CONSUL_HTTP_TOKEN")
+            .envs(env.iter().copied())
             .stdout(std::process::Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap());
         if let Some(token) = token {
@@ -366,7 +371,10 @@ async fn with_acls_on_the_token_registers_its_absence_is_reported_and_it_is_neve
     let env = format!("SERVICE_NAME={name}");
     scene.run("a", &["-e", &env, "--expose", "80"], &[]);
 
-    let with = Process::start(&consul, &format!("{}-with", scene.tag), Some(TOKEN));
+    // The policy the README asks for: write the services, read the nodes.
+    let rules = r#"service_prefix "" { policy = "write" } node_prefix "" { policy = "read" }"#;
+    let (token, _) = consul.acl_token(TOKEN, rules).await;
+    let with = Process::start(&consul, &format!("{}-with", scene.tag), Some(&token));
     let without = Process::start(&consul, &format!("{}-without", scene.tag), None);
     eventually("registered with the token", LIMIT, || async {
         let all = admin.agent_services().await.map_err(|e| e.to_string())?;
@@ -391,6 +399,83 @@ async fn with_acls_on_the_token_registers_its_absence_is_reported_and_it_is_neve
     assert!(without_log.contains("ACL token is missing or lacks permission"), "{without_log}");
     assert!(with_log.contains("registered"), "{with_log}");
     for log in [&with_log, &without_log] {
-        assert!(!log.contains(TOKEN), "the token appears in the log:\n{log}");
+        assert!(!log.contains(&token) && !log.contains(TOKEN), "the token appears in the log:\n{log}");
     }
+}
+
+/// A proxy in front of the Docker socket that the test can cut (every
+/// connection closed, new ones refused) and restore.
+struct SocketProxy {
+    path: std::path::PathBuf,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl SocketProxy {
+    fn start(path: std::path::PathBuf) -> SocketProxy {
+        let mut proxy = SocketProxy { path, task: None };
+        proxy.restore();
+        proxy
+    }
+
+    fn restore(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+        let listener = tokio::net::UnixListener::bind(&self.path).unwrap();
+        self.task = Some(tokio::spawn(async move {
+            let mut conns = tokio::task::JoinSet::new();
+            while let Ok((mut client, _)) = listener.accept().await {
+                conns.spawn(async move {
+                    if let Ok(mut docker) = tokio::net::UnixStream::connect("/var/run/docker.sock").await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut docker).await;
+                    }
+                });
+            }
+        }));
+    }
+
+    /// Closes every connection (the JoinSet drops with the task) and stops listening.
+    async fn cut(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+            let _ = task.await;
+        }
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+#[tokio::test]
+async fn a_cut_docker_event_stream_is_noticed_and_the_gap_resynced() {
+    let consul = TestConsul::start().await;
+    let mut scene = Scene::new();
+    let name = scene.service("cut");
+    let env = format!("SERVICE_NAME={name}");
+    let socket = std::env::temp_dir().join(format!("docker-proxy-{}.sock", scene.tag));
+    let mut proxy = SocketProxy::start(socket.clone());
+    let docker_host = format!("unix://{}", socket.display());
+    let process = Process::start_with(&consul, &scene.tag, None, &[("DOCKER_HOST", &docker_host)]);
+    scene.run("a", &["-e", &env, "--expose", "80"], &[]);
+    wait_count(&consul, &name, 1).await;
+
+    // While the stream is cut, one container goes and another comes.
+    proxy.cut().await;
+    docker(&["rm", "-f", &format!("{}-a", scene.tag)]);
+    scene.run("b", &["-e", &env, "--expose", "80"], &[]);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let stale = services_named(&consul, &name).await;
+    assert!(stale.iter().all(|s| s.id.contains("-a:")), "nothing can be seen while cut: {stale:?}");
+
+    proxy.restore();
+    let restored = std::time::Instant::now();
+    let bound = Duration::from_secs(20);
+    eventually("only b registered after the stream is back", bound, || async {
+        let v = services_named(&consul, &name).await;
+        if v.len() == 1 && v[0].id.contains("-b:") { Ok(()) } else { Err(format!("{v:?}")) }
+    })
+    .await;
+    eprintln!(
+        "[fault] Docker event stream cut 3 s: converged {:.1} s after it was restored",
+        restored.elapsed().as_secs_f64()
+    );
+    let log = process.stop();
+    assert!(log.contains("reconnecting"), "{log}");
+    proxy.cut().await;
 }

@@ -64,6 +64,40 @@ impl TestConsul {
         Self::start_with(&["-hcl", &acl]).await
     }
 
+    /// With ACLs on: a policy of `rules` and a token holding it, made with
+    /// `master`. Returns the token's secret and its accessor ID.
+    pub async fn acl_token(&self, master: &str, rules: &str) -> (String, String) {
+        let http = reqwest::Client::new();
+        let name = format!("policy-{}", free_port());
+        let put = |path: &str, body: serde_json::Value| {
+            http.put(format!("{}/v1/acl/{path}", self.url())).header("X-Consul-Token", master).json(&body).send()
+        };
+        put("policy", serde_json::json!({ "Name": name, "Rules": rules }))
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .expect("create ACL policy");
+        let token: serde_json::Value = put("token", serde_json::json!({ "Policies": [{ "Name": name }] }))
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .expect("create ACL token")
+            .json()
+            .await
+            .expect("ACL token");
+        let field = |k: &str| token[k].as_str().expect("token fields").to_owned();
+        (field("SecretID"), field("AccessorID"))
+    }
+
+    /// With ACLs on: deletes the token with this accessor ID.
+    pub async fn revoke_token(&self, master: &str, accessor: &str) {
+        reqwest::Client::new()
+            .delete(format!("{}/v1/acl/token/{accessor}", self.url()))
+            .header("X-Consul-Token", master)
+            .send()
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .expect("delete ACL token");
+    }
+
     pub fn url(&self) -> String {
         format!("http://{}", self.http)
     }
