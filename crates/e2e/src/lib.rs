@@ -82,7 +82,8 @@ impl Stack {
         out
     }
 
-    fn compose_command(&self, args: &[&str]) -> Command {
+    /// The `docker compose <args>` command for this project, not yet run.
+    pub fn compose_command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new("docker");
         cmd.arg("compose").arg("-p").arg(&self.project).arg("-f").arg(compose_file());
         for file in &self.overrides {
