@@ -183,10 +183,17 @@ pub async fn supervise(
             }
         };
         info!(pid = child.id(), config = %haproxy.config.display(), "HAProxy started");
+        let started = tokio::time::Instant::now();
         tokio::select! {
             status = child.wait() => {
                 let _ = ready.send(false);
                 warn!(?status, "HAProxy exited; restarting");
+                // Nothing listens until it is back: after a long run, at
+                // once; the backoff is for one that keeps failing.
+                if started.elapsed() >= Duration::from_secs(10) {
+                    backoff.reset();
+                    continue;
+                }
                 tokio::select! { _ = shutdown.cancelled() => return, _ = backoff.wait() => {} }
             }
             _ = shutdown.cancelled() => {
@@ -194,7 +201,6 @@ pub async fn supervise(
                 return;
             }
         }
-        backoff.reset();
     }
 }
 
