@@ -27,7 +27,7 @@ pub struct Cache {
 }
 
 /// The instances a result was computed from, and the result.
-type CacheEntry = (Arc<Vec<Instance>>, Result<Service, String>);
+type CacheEntry = (Arc<Vec<Instance>>, Result<Arc<Service>, String>);
 
 /// One instance of a service, as Consul's health endpoint reports it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -61,7 +61,7 @@ const BALANCES: &[&str] = &["roundrobin", "static-rr", "leastconn", "first", "so
 /// The data handed to the template. Its fields are documented in the README.
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct Config {
-    pub services: Vec<Service>,
+    pub services: Vec<Arc<Service>>,
     /// Address the frontends bind to; empty for all.
     pub bind: String,
     pub http_port: u16,
@@ -99,6 +99,24 @@ pub struct Service {
     pub servers: Vec<Server>,
 }
 
+impl Service {
+    /// This service with other servers (its own are not copied).
+    pub fn with_servers(&self, servers: Vec<Server>) -> Service {
+        Service {
+            name: self.name.clone(),
+            backend: self.backend.clone(),
+            path: self.path.clone(),
+            path_prefix: self.path_prefix.clone(),
+            path_regex: self.path_regex.clone(),
+            strip: self.strip,
+            host: self.host.clone(),
+            balance: self.balance.clone(),
+            check_path: self.check_path.clone(),
+            servers,
+        }
+    }
+}
+
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct Server {
     /// HAProxy server identifier, unique in its backend.
@@ -126,38 +144,52 @@ pub fn routable(status: HealthStatus) -> bool {
 /// Builds the routed services, longest path first so that more specific
 /// prefixes win. Services whose settings cannot be made safe are skipped
 /// with a reason; the others are unaffected.
-pub fn services(catalog: &Catalog) -> (Vec<Service>, Vec<Skipped>) {
+pub fn services(catalog: &Catalog) -> (Vec<Arc<Service>>, Vec<Skipped>) {
     services_cached(catalog, &mut Cache::default())
 }
 
 /// [`services`], reusing `cache` for services whose instances did not change.
-pub fn services_cached(catalog: &Catalog, cache: &mut Cache) -> (Vec<Service>, Vec<Skipped>) {
-    let mut out: Vec<Service> = Vec::new();
+pub fn services_cached(catalog: &Catalog, cache: &mut Cache) -> (Vec<Arc<Service>>, Vec<Skipped>) {
+    let mut routed: Vec<(&str, Arc<Service>)> = Vec::with_capacity(catalog.services.len());
     let mut skipped = Vec::new();
     cache.entries.retain(|name, _| catalog.services.contains_key(name));
     for (raw_name, instances) in &catalog.services {
         let result = match cache.entries.get(raw_name) {
             Some((seen, result)) if Arc::ptr_eq(seen, instances) => result.clone(),
             _ => {
-                let result = service(raw_name, instances);
+                let result = service(raw_name, instances).map(Arc::new);
                 cache.entries.insert(raw_name.clone(), (instances.clone(), result.clone()));
                 result
             }
         };
         match result {
-            Ok(svc) => {
-                if let Some(other) =
-                    out.iter().find(|o| o.backend == svc.backend || (o.path == svc.path && o.host == svc.host))
-                {
-                    skipped.push(Skipped {
-                        service: raw_name.clone(),
-                        reason: format!("its route collides with service {:?}", other.name),
-                    });
-                } else {
-                    out.push(svc);
-                }
-            }
+            Ok(svc) => routed.push((raw_name, svc)),
             Err(reason) => skipped.push(Skipped { service: raw_name.clone(), reason }),
+        }
+    }
+    // A backend or route already taken (in catalog order) leaves the later
+    // service out. Sets, not pairwise comparisons: a thousand services must
+    // not cost a million.
+    let mut backends: HashMap<&str, &str> = HashMap::with_capacity(routed.len());
+    let mut routes: HashMap<(&str, Option<&str>), &str> = HashMap::with_capacity(routed.len());
+    let mut collides = vec![None; routed.len()];
+    for (i, (_, svc)) in routed.iter().enumerate() {
+        let route = (svc.path.as_str(), svc.host.as_deref());
+        if let Some(other) = backends.get(svc.backend.as_str()).or_else(|| routes.get(&route)) {
+            collides[i] = Some(other.to_string());
+        } else {
+            backends.insert(&svc.backend, &svc.name);
+            routes.insert(route, &svc.name);
+        }
+    }
+    let mut out = Vec::with_capacity(routed.len());
+    for ((raw_name, svc), other) in routed.iter().zip(collides) {
+        match other {
+            Some(other) => skipped.push(Skipped {
+                service: (*raw_name).to_owned(),
+                reason: format!("its route collides with service {other:?}"),
+            }),
+            None => out.push(svc.clone()),
         }
     }
     out.sort_by(|a, b| {

@@ -7,7 +7,8 @@
 //! ones finish) and written `disabled` to the file. Only a backend that needs
 //! more slots than it has changes the configuration's structure.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use crate::model::{Server, Service};
 
@@ -26,8 +27,17 @@ pub struct Slot {
 /// The slot layout of every backend.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Slots {
-    backends: BTreeMap<String, Vec<Option<Slot>>>,
+    backends: BTreeMap<String, Arc<Vec<Option<Slot>>>>,
+    /// Per backend: the service last laid out, what it became, and its
+    /// skeleton. A service handed in again unchanged (the same `Arc`) is not
+    /// laid out again: with a thousand services, one change costs one.
+    memo: HashMap<String, Laid>,
+    /// The skeletons of the services laid out, in their order.
+    skeleton: Vec<Arc<Service>>,
 }
+
+/// One service laid out: (as handed in, on its slots, its skeleton).
+type Laid = (Arc<Service>, Arc<Service>, Arc<Service>);
 
 impl Slots {
     /// Lays `services` out into slots, keeping every instance that stays in
@@ -35,10 +45,18 @@ impl Slots {
     /// grows to the next power of two when its instances outnumber them.
     /// Returns the new layout and `services` with their servers replaced by
     /// slots (`s1`, `s2`, ...; free ones disabled).
-    pub fn layout(&self, services: &[Service], min: usize) -> (Slots, Vec<Service>) {
+    pub fn layout(&self, services: &[Arc<Service>], min: usize) -> (Slots, Vec<Arc<Service>>) {
         let mut next = Slots::default();
         let mut slotted = Vec::with_capacity(services.len());
         for svc in services {
+            let memo = self.memo.get(&svc.backend).filter(|(input, _, _)| Arc::ptr_eq(input, svc));
+            if let (Some(laid), Some(slots)) = (memo, self.backends.get(&svc.backend)) {
+                slotted.push(laid.1.clone());
+                next.skeleton.push(laid.2.clone());
+                next.backends.insert(svc.backend.clone(), slots.clone());
+                next.memo.insert(svc.backend.clone(), laid.clone());
+                continue;
+            }
             let wanted: BTreeMap<&str, &Server> = svc.servers.iter().map(|s| (s.name.as_str(), s)).collect();
             let mut slots: Vec<Option<Slot>> = match self.backends.get(&svc.backend) {
                 Some(old) if old.len() >= wanted.len() => old
@@ -74,10 +92,20 @@ impl Slots {
                     weight: server.weight,
                 });
             }
-            slotted.push(Service { servers: servers_of(&slots), ..svc.clone() });
-            next.backends.insert(svc.backend.clone(), slots);
+            let laid = Arc::new(svc.with_servers(servers_of(&slots)));
+            let skeleton = Arc::new(skeleton_of(&laid));
+            slotted.push(laid.clone());
+            next.skeleton.push(skeleton.clone());
+            next.backends.insert(svc.backend.clone(), Arc::new(slots));
+            next.memo.insert(svc.backend.clone(), (svc.clone(), laid, skeleton));
         }
         (next, slotted)
+    }
+
+    /// The services of the last layout as [`skeleton_of`] each, in order:
+    /// equal skeletons mean a change the runtime API can make.
+    pub fn skeleton(&self) -> &[Arc<Service>] {
+        &self.skeleton
     }
 
     /// The runtime API commands that take HAProxy from the layout `self` to
@@ -93,7 +121,13 @@ impl Slots {
             if old.len() != new.len() {
                 return None;
             }
-            for (i, (before, after)) in old.iter().zip(new).enumerate() {
+            if Arc::ptr_eq(old, new) || old == new {
+                continue;
+            }
+            for (i, (before, after)) in old.iter().zip(new.iter()).enumerate() {
+                if before == after {
+                    continue;
+                }
                 let server = format!("{backend}/{}", slot_name(i));
                 match (before, after) {
                     (None, None) => {}
@@ -126,16 +160,10 @@ impl Slots {
     }
 }
 
-/// `services` with every slot free: the configuration's structure, which a
+/// `svc` with every slot free: the configuration's structure, which a
 /// runtime change must leave as it is.
-pub fn skeleton(services: &[Service]) -> Vec<Service> {
-    services
-        .iter()
-        .map(|svc| Service {
-            servers: svc.servers.iter().map(|s| Server { name: s.name.clone(), ..free_server(0) }).collect(),
-            ..svc.clone()
-        })
-        .collect()
+pub fn skeleton_of(svc: &Service) -> Service {
+    svc.with_servers(svc.servers.iter().map(|s| Server { name: s.name.clone(), ..free_server(0) }).collect())
 }
 
 fn capacity(n: usize, min: usize) -> usize {
@@ -171,8 +199,8 @@ fn split_address(address: &str) -> (&str, &str) {
 mod tests {
     use super::*;
 
-    fn svc(backend: &str, servers: &[(&str, &str)]) -> Service {
-        Service {
+    fn svc(backend: &str, servers: &[(&str, &str)]) -> Arc<Service> {
+        Arc::new(Service {
             name: backend.trim_start_matches("be_").into(),
             backend: backend.into(),
             path: "/x".into(),
@@ -186,7 +214,7 @@ mod tests {
                 .iter()
                 .map(|(n, a)| Server { name: (*n).into(), address: (*a).into(), weight: 100, enabled: true })
                 .collect(),
-        }
+        })
     }
 
     #[test]
@@ -230,10 +258,21 @@ mod tests {
 
     #[test]
     fn skeleton_hides_everything_the_runtime_api_can_change() {
-        let (_, a) = Slots::default().layout(&[svc("be_h", &[("a", "10.0.0.1:80")])], 2);
-        let (_, b) = Slots::default().layout(&[svc("be_h", &[("z", "[fd00::9]:8080")])], 2);
+        let (sa, a) = Slots::default().layout(&[svc("be_h", &[("a", "10.0.0.1:80")])], 2);
+        let (sb, b) = Slots::default().layout(&[svc("be_h", &[("z", "[fd00::9]:8080")])], 2);
         assert_ne!(a, b);
-        assert_eq!(skeleton(&a), skeleton(&b));
+        assert_eq!(sa.skeleton(), sb.skeleton());
         assert_eq!(split_address("[fd00::9]:8080"), ("fd00::9", "8080"));
+    }
+
+    #[test]
+    fn a_service_handed_in_unchanged_is_not_laid_out_again() {
+        let (same, changed) = (svc("be_a", &[("a", "10.0.0.1:80")]), svc("be_b", &[("b", "10.0.0.2:80")]));
+        let (one, first) = Slots::default().layout(&[same.clone(), changed], 2);
+        let (two, second) = one.layout(&[same, svc("be_b", &[("b", "10.0.0.3:80")])], 2);
+        assert!(Arc::ptr_eq(&first[0], &second[0]), "unchanged: the same laid-out service");
+        assert!(Arc::ptr_eq(&one.skeleton()[0], &two.skeleton()[0]));
+        assert_eq!(second[1].servers[0].address, "10.0.0.3:80");
+        assert_eq!(one.commands_to(&two).unwrap(), ["set server be_b/s1 addr 10.0.0.3 port 80"]);
     }
 }

@@ -2,6 +2,7 @@
 //! `haproxy -c`, writes atomically and reloads, only when the text changed.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use consul::Backoff;
@@ -14,7 +15,7 @@ use crate::haproxy::{Haproxy, HaproxyError};
 use crate::metrics::{BackendLabel, KindLabel, Metrics};
 use crate::model::{self, Catalog, Config, Stats};
 use crate::render::{RenderError, Renderer};
-use crate::slots::{self, Slots};
+use crate::slots::Slots;
 
 /// Settings of the apply loop and the template data that are not Consul's.
 #[derive(Clone, Debug)]
@@ -81,8 +82,8 @@ impl Applied {
 /// rendering anything.
 #[derive(Clone, Debug)]
 pub struct Plan {
-    services: Vec<model::Service>,
-    skeleton: Vec<model::Service>,
+    services: Vec<Arc<model::Service>>,
+    skeleton: Vec<Arc<model::Service>>,
     slots: Slots,
 }
 
@@ -95,8 +96,8 @@ pub struct Applier {
     /// The text of the configuration file.
     file_text: Option<String>,
     /// The service data, structure and slot layout HAProxy runs with.
-    in_force: Option<Vec<model::Service>>,
-    skeleton_in_force: Option<Vec<model::Service>>,
+    in_force: Option<Vec<Arc<model::Service>>>,
+    skeleton_in_force: Option<Vec<Arc<model::Service>>>,
     slots: Slots,
     /// The file changed but HAProxy has not loaded it yet.
     reload_pending: bool,
@@ -131,7 +132,7 @@ impl Applier {
             warn!(service = %s.service, reason = %s.reason, "service not routed");
         }
         let (slots, services) = self.slots.layout(&services, self.opts.min_slots);
-        let skeleton = slots::skeleton(&services);
+        let skeleton = slots.skeleton().to_vec();
         Ok(Plan { services, skeleton, slots })
     }
 
@@ -140,7 +141,7 @@ impl Applier {
         self.renderer.render(&self.config(plan.services.clone()))
     }
 
-    fn config(&self, services: Vec<model::Service>) -> Config {
+    fn config(&self, services: Vec<Arc<model::Service>>) -> Config {
         let default_backend = self
             .opts
             .default_service
