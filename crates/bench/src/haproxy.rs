@@ -28,9 +28,15 @@ pub struct Opts {
     /// Scale cycles 1 → 10 → 1 under load.
     #[arg(long, default_value_t = 10)]
     pub cycles: usize,
-    /// Sizes of the large catalogs, in services (comma-separated).
-    #[arg(long, value_delimiter = ',', default_value = "1000")]
+    /// Sizes of the large catalogs, in services (comma-separated), rendered
+    /// without HAProxy's active checks (see `checked`).
+    #[arg(long, value_delimiter = ',', default_value = "100,1000,5000")]
     pub sizes: Vec<usize>,
+    /// Sizes rendered with the default template as shipped, active checks on
+    /// every server (HAProxy reserves a descriptor per checked server, and
+    /// checks every one each second).
+    #[arg(long, value_delimiter = ',', default_value = "1000")]
+    pub checked: Vec<usize>,
     /// Instances per service in the large catalogs.
     #[arg(long, default_value_t = 10)]
     pub instances: usize,
@@ -44,14 +50,16 @@ pub struct Opts {
 pub struct Large {
     pub services: usize,
     pub instances_per_service: usize,
+    /// Rendered with HAProxy's active health checks (the default template).
+    pub active_checks: bool,
     /// haproxy-sync started with the catalog in Consul → configuration written.
     pub first_apply_ms: f64,
     /// ... → HAProxy routing with it.
     pub first_serving_ms: f64,
-    /// One more instance registered → HAProxy's runtime state has it (median of 5).
+    /// One more instance registered → HAProxy's runtime state has it (median of the samples).
     pub one_change_ms: f64,
     pub one_change_samples_ms: Vec<f64>,
-    /// The apply itself (quiescence over → HAProxy has it), median of the same 5.
+    /// The apply itself (quiescence over → HAProxy has it), median of the same changes.
     pub one_change_apply_ms: f64,
     pub one_change_apply_samples_ms: Vec<f64>,
     pub rss_mib: f64,
@@ -77,13 +85,15 @@ pub struct Results {
 }
 
 const WAIT: &str = "25ms:250ms";
+/// Instance changes measured per large catalog.
+const SAMPLES: usize = 9;
 const CONSUL_LIMITS: &str = "limits { http_max_conns_per_client = 16384 }";
 
 pub async fn run(opts: &Opts, bin: &Path, out: &Path) -> anyhow::Result<Results> {
     let mut results = Results { quiescence: WAIT.into(), cycles: opts.cycles, ..Results::default() };
     latency_and_scaling(opts, bin, out, &mut results).await?;
-    for &size in &opts.sizes {
-        results.large.push(large_catalog(size, opts.instances, bin, out).await?);
+    for (&size, checks) in opts.checked.iter().map(|s| (s, true)).chain(opts.sizes.iter().map(|s| (s, false))) {
+        results.large.push(large_catalog(size, opts.instances, checks, bin, out).await?);
     }
     Ok(results)
 }
@@ -168,8 +178,30 @@ async fn latency_and_scaling(opts: &Opts, bin: &Path, out: &Path, results: &mut 
     Ok(())
 }
 
-async fn large_catalog(services: usize, instances: usize, bin: &Path, out: &Path) -> anyhow::Result<Large> {
-    let mut results = Large { services, instances_per_service: instances, ..Large::default() };
+/// The default template without active health checks: every server of a
+/// large catalog points at one backend on this machine, whose checks (one a
+/// second per server) would measure the machine rather than haproxy-sync.
+fn unchecked_template(out: &Path) -> anyhow::Result<PathBuf> {
+    let template = include_str!("../../../haproxy/haproxy.cfg.hbs");
+    let unchecked = template.replace(" check weight", " weight").replace("    option httpchk GET {{check_path}}\n", "");
+    let servers_checked = unchecked.lines().any(|l| l.trim_start().starts_with("server ") && l.contains(" check"));
+    anyhow::ensure!(
+        !servers_checked && unchecked != template,
+        "the default template's checks moved; update the benchmark"
+    );
+    let path = out.canonicalize()?.join("unchecked.hbs");
+    std::fs::write(&path, unchecked)?;
+    Ok(path)
+}
+
+async fn large_catalog(
+    services: usize,
+    instances: usize,
+    active_checks: bool,
+    bin: &Path,
+    out: &Path,
+) -> anyhow::Result<Large> {
+    let mut results = Large { services, instances_per_service: instances, active_checks, ..Large::default() };
     // One blocking query per routed service: above Consul's default of 200
     // connections per client, as the README says.
     let consul = TestConsul::start_with(&["-hcl", CONSUL_LIMITS]).await;
@@ -208,8 +240,13 @@ async fn large_catalog(services: usize, instances: usize, bin: &Path, out: &Path
     eprintln!("[haproxy-sync] {services} services × {instances} instances registered");
 
     let t0 = Instant::now();
-    let log = format!("haproxy-sync-{services}.log");
-    let sync = Sync::start(bin, &consul, out, &log)?;
+    let log = format!("haproxy-sync-{services}{}.log", if active_checks { "-checked" } else { "" });
+    let extra = if active_checks {
+        Vec::new()
+    } else {
+        vec!["--template".to_owned(), unchecked_template(out)?.display().to_string()]
+    };
+    let sync = Sync::start_with(bin, &consul, out, &log, &extra)?;
     let last = format!("be_s{}", services - 1);
     loop {
         if std::fs::read_to_string(&sync.config).is_ok_and(|c| c.contains(&last)) {
@@ -230,8 +267,11 @@ async fn large_catalog(services: usize, instances: usize, bin: &Path, out: &Path
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     // One instance change: an 11th instance of one service, seen in HAProxy's runtime state.
-    for k in 0..5u16 {
-        let svc = format!("s{}", services / 2 + k as usize);
+    // After each change the file is rewritten and checked (`haproxy -c`,
+    // about as long as the first apply): the next change waits for that.
+    let spacing = Duration::from_millis(1500).max(Duration::from_secs_f64(results.first_apply_ms * 1.5 / 1e3));
+    for k in 0..SAMPLES as u16 {
+        let svc = format!("s{}", (services / 2 + k as usize) % services);
         let addr = format!("127.0.9.{}", k + 1);
         let t0 = Instant::now();
         let reg = Registration {
@@ -254,7 +294,7 @@ async fn large_catalog(services: usize, instances: usize, bin: &Path, out: &Path
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
         results.one_change_samples_ms.push(t0.elapsed().as_secs_f64() * 1e3);
-        tokio::time::sleep(Duration::from_millis(1500)).await;
+        tokio::time::sleep(spacing).await;
     }
     let mut samples = results.one_change_samples_ms.clone();
     samples.sort_by(f64::total_cmp);
@@ -267,7 +307,7 @@ async fn large_catalog(services: usize, instances: usize, bin: &Path, out: &Path
         .filter(|v| v["message"] == "configuration applied" && v["applied"] == "Runtime")
         .filter_map(|v| v["effective_ms"].as_f64())
         .collect();
-    applies = applies.split_off(applies.len().saturating_sub(5));
+    applies = applies.split_off(applies.len().saturating_sub(SAMPLES));
     results.one_change_apply_samples_ms = applies.clone();
     applies.sort_by(f64::total_cmp);
     results.one_change_apply_ms = applies.get(applies.len() / 2).copied().unwrap_or(f64::NAN);
@@ -296,6 +336,10 @@ struct Sync {
 
 impl Sync {
     fn start(bin: &Path, consul: &TestConsul, out: &Path, log: &str) -> anyhow::Result<Sync> {
+        Self::start_with(bin, consul, out, log, &[])
+    }
+
+    fn start_with(bin: &Path, consul: &TestConsul, out: &Path, log: &str, extra: &[String]) -> anyhow::Result<Sync> {
         let (http, admin) = (free_port(), free_port());
         let dir = std::env::temp_dir().join(format!("portolan-bench-{http}"));
         std::fs::create_dir_all(&dir)?;
@@ -309,6 +353,7 @@ impl Sync {
             .args(["--bind", "127.0.0.1", "--http-port", &http.to_string(), "--stats-port", &free_port().to_string()])
             .args(["--wait", WAIT, "--grace", "1", "--metrics-addr", &format!("127.0.0.1:{admin}")])
             .args(["--log-format", "json"])
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

@@ -81,15 +81,23 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Footprint => write(&cli.out, "footprint", &report::footprint(&cli.bin_dir).await?)?,
         Scenario::Report { dir } => report::write(&cli.out, dir, "scripts/bench report")?,
         Scenario::All { dir } => {
+            let started = std::time::Instant::now();
             let reg = registrator::Opts { starts: 50, running: vec![50, 200], kill: 50 };
             write(&cli.out, "registrator", &registrator::run(&reg, &cli.bin_dir.join("registrator"), &cli.out).await?)?;
-            let hs =
-                haproxy::Opts { changes: 50, cycles: 10, sizes: vec![100, 500, 1000], instances: 10, connections: 8 };
+            let hs = haproxy::Opts {
+                changes: 50,
+                cycles: 10,
+                sizes: vec![100, 1000, 5000],
+                checked: vec![1000],
+                instances: 10,
+                connections: 8,
+            };
             write(&cli.out, "haproxy-sync", &haproxy::run(&hs, &cli.bin_dir.join("haproxy-sync"), &cli.out).await?)?;
             let modes_opts = modes::Opts { cycles: 10, connections: 8, rate: 200 };
             write(&cli.out, "apply-modes", &modes::run(&modes_opts, &cli.out).await?)?;
             write(&cli.out, "footprint", &report::footprint(&cli.bin_dir).await?)?;
             write(&cli.out, "stack", &stack::run(&stack::Opts { starts: 50 }).await?)?;
+            write(&cli.out, "run", &serde_json::json!({ "scenarios_seconds": started.elapsed().as_secs_f64() }))?;
             report::write(&cli.out, dir, "scripts/bench")?;
         }
     }

@@ -56,48 +56,38 @@ pub fn latency_histogram(entries: &[(&str, &serde_json::Value)], path: &Path) ->
     Ok(())
 }
 
-/// Picks one figure from a growth row (instances, first apply, one change, RSS).
-type Pick = fn(&(f64, f64, f64, f64)) -> f64;
-
-/// haproxy-sync's first apply, one-change apply and memory against catalog size.
-pub fn growth(large: &serde_json::Value, path: &Path) -> anyhow::Result<()> {
+/// Figures against a size, one panel per figure: `rows` are (size,
+/// figures), `panels` are (title, unit) for each figure in order.
+pub fn growth(rows: &[(f64, Vec<f64>)], panels: &[(&str, &str)], x_desc: &str, path: &Path) -> anyhow::Result<()> {
     register_font()?;
-    let rows: Vec<(f64, f64, f64, f64)> = large
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|l| {
-            let n =
-                l["services"].as_f64().unwrap_or_default() * l["instances_per_service"].as_f64().unwrap_or_default();
-            let f = |k: &str| l[k].as_f64().unwrap_or_default();
-            (n, f("first_apply_ms"), f("one_change_apply_ms"), f("rss_mib"))
-        })
-        .collect();
-    let root = BitMapBackend::new(path, (1200, 320)).into_drawing_area();
+    let root = BitMapBackend::new(path, (400 * panels.len() as u32, 320)).into_drawing_area();
     root.fill(&WHITE)?;
-    let panels = root.split_evenly((1, 3));
+    let areas = root.split_evenly((1, panels.len()));
     let max_n = rows.iter().map(|r| r.0).fold(1.0, f64::max) * 1.05;
-    let series: [(&str, &str, Pick); 3] = [
-        ("first full apply", "ms", |r| r.1),
-        ("one instance change applied", "ms", |r| r.2),
-        ("haproxy-sync RSS", "MiB", |r| r.3),
-    ];
-    for ((title, unit, get), panel) in series.into_iter().zip(panels) {
+    for (i, ((title, unit), area)) in panels.iter().zip(areas).enumerate() {
+        let get = |r: &(f64, Vec<f64>)| r.1.get(i).copied().unwrap_or_default();
         let top = rows.iter().map(get).fold(1.0, f64::max) * 1.15;
-        let mut chart = ChartBuilder::on(&panel)
-            .caption(title, ("sans-serif", 18))
+        let mut chart = ChartBuilder::on(&area)
+            .caption(*title, ("sans-serif", 18))
             .margin(10)
             .x_label_area_size(30)
             .y_label_area_size(50)
             .build_cartesian_2d(0.0..max_n, 0.0..top)?;
         chart
             .configure_mesh()
-            .x_desc("instances in Consul")
-            .y_desc(unit)
+            .x_desc(x_desc)
+            .y_desc(*unit)
             .x_labels(5)
             .x_label_formatter(&|x| format!("{x:.0}"))
             .disable_mesh()
             .draw()?;
+        // Linear growth from the smallest size, for comparison.
+        if let Some(first) = rows.first().filter(|r| r.0 > 0.0) {
+            let slope = get(first) / first.0;
+            let end = (max_n, slope * max_n);
+            let end = if end.1 > top { (top / slope.max(f64::MIN_POSITIVE), top) } else { end };
+            chart.draw_series(LineSeries::new([(0.0, 0.0), end], RGBColor(170, 170, 170).stroke_width(1)))?;
+        }
         chart.draw_series(LineSeries::new(rows.iter().map(|r| (r.0, get(r))), BLUE.stroke_width(2)))?;
         chart.draw_series(rows.iter().map(|r| Circle::new((r.0, get(r)), 4, BLUE.filled())))?;
     }

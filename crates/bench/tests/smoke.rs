@@ -33,11 +33,17 @@ fn every_scenario_runs_small_and_the_report_is_written() {
     assert_eq!(reg["resyncs"].as_array().unwrap().len(), 2);
     assert_eq!(reg["kill_to_gone"]["n"], 1);
 
-    bench(&out, &["haproxy-sync", "--changes", "2", "--cycles", "1", "--sizes", "5", "--instances", "2"]);
+    bench(
+        &out,
+        &["haproxy-sync", "--changes", "2", "--cycles", "1", "--sizes", "5", "--checked", "3", "--instances", "2"],
+    );
     let hs = json(&out, "haproxy-sync");
     assert_eq!(hs["change_to_serving"]["n"], 2);
     assert!(hs["requests"].as_u64().unwrap() > 0);
-    assert_eq!(hs["large"][0]["services"], 5);
+    assert_eq!(hs["large"][0]["services"], 3);
+    assert_eq!(hs["large"][0]["active_checks"], true);
+    assert_eq!(hs["large"][1]["services"], 5);
+    assert_eq!(hs["large"][1]["active_checks"], false);
 
     bench(&out, &["apply-modes", "--cycles", "1"]);
     let modes = json(&out, "apply-modes");
@@ -58,7 +64,7 @@ fn every_scenario_runs_small_and_the_report_is_written() {
     for section in ["## Machine", "## registrator", "## haproxy-sync", "## Apply modes", "## Footprint"] {
         assert!(report.contains(section), "{section} missing from\n{report}");
     }
-    for png in ["latency.png", "growth.png", "apply-modes.png"] {
+    for png in ["latency.png", "growth.png", "registrator-growth.png", "apply-modes.png"] {
         assert!(std::fs::metadata(dir.join(png)).unwrap().len() > 1000, "{png}");
     }
     let _ = std::fs::remove_dir_all(&out);
