@@ -49,6 +49,9 @@ pub struct Args {
     /// Password for the stats page (given to HAProxy through its environment, never written to a file).
     #[arg(long, env = "STATS_PASSWORD", hide_env_values = true)]
     pub stats_password: Option<String>,
+    /// File holding the stats password (a Docker or Kubernetes secret), used when --stats-password is not set.
+    #[arg(long, env = "STATS_PASSWORD_FILE", value_name = "FILE")]
+    pub stats_password_file: Option<PathBuf>,
     /// How long old HAProxy workers may finish their connections after a reload.
     #[arg(long, default_value = "30s")]
     pub hard_stop_after: String,
@@ -95,12 +98,21 @@ pub struct Args {
 }
 
 impl Args {
-    /// Stats credentials, when both are set.
-    pub fn stats_credentials(&self) -> Option<(String, String)> {
-        match (&self.stats_user, &self.stats_password) {
-            (Some(u), Some(p)) if !u.is_empty() && !p.is_empty() => Some((u.clone(), p.clone())),
+    /// Stats credentials, when a user and a password (or a password file) are set.
+    pub fn stats_credentials(&self) -> anyhow::Result<Option<(String, String)>> {
+        let password = match (&self.stats_password, &self.stats_password_file) {
+            (Some(p), _) => Some(p.clone()),
+            (None, Some(path)) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| anyhow::anyhow!("reading the stats password file {}: {e}", path.display()))?;
+                Some(text.trim_end_matches(['\n', '\r']).to_owned())
+            }
+            (None, None) => None,
+        };
+        Ok(match (&self.stats_user, password) {
+            (Some(u), Some(p)) if !u.is_empty() && !p.is_empty() => Some((u.clone(), p)),
             _ => None,
-        }
+        })
     }
 }
 
@@ -133,6 +145,27 @@ pub fn parse_wait(s: &str) -> Result<(Duration, Duration), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_stats_password_can_come_from_a_secret_file() {
+        let file = std::env::temp_dir().join(format!("stats-secret-{}", std::process::id()));
+        std::fs::write(&file, "from-a-secret\n").unwrap();
+        let parse = |extra: &[&str]| {
+            let mut argv = vec!["haproxy-sync", "consul://c:8500", "--stats-user", "ops"];
+            argv.extend_from_slice(extra);
+            Args::parse_from(argv)
+        };
+        let args = parse(&["--stats-password-file", file.to_str().unwrap()]);
+        assert_eq!(args.stats_credentials().unwrap(), Some(("ops".into(), "from-a-secret".into())));
+        // The password itself wins over the file.
+        let args = parse(&["--stats-password", "direct", "--stats-password-file", file.to_str().unwrap()]);
+        assert_eq!(args.stats_credentials().unwrap().unwrap().1, "direct");
+        // No password, no page; an unreadable file is an error that names it.
+        assert_eq!(parse(&[]).stats_credentials().unwrap(), None);
+        let err = parse(&["--stats-password-file", "/nonexistent/secret"]).stats_credentials().unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/secret"), "{err}");
+        let _ = std::fs::remove_file(file);
+    }
 
     #[test]
     fn wait_parses_like_consul_template() {

@@ -53,11 +53,11 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
         }
         None => Renderer::default_template(),
     };
-    let credentials = args.stats_credentials();
+    let credentials = args.stats_credentials()?;
     if credentials.is_none() {
-        warn!("STATS_USER and STATS_PASSWORD are not both set: the stats page is off");
+        warn!("STATS_USER and STATS_PASSWORD (or STATS_PASSWORD_FILE) are not both set: the stats page is off");
     }
-    let haproxy = haproxy_for(&args);
+    let haproxy = haproxy_for(&args)?;
     create_dirs(&args)?;
     let opts = SyncOptions {
         wait_min: args.wait.0,
@@ -153,7 +153,7 @@ pub async fn keep(
     sync_args: Vec<String>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let haproxy = haproxy_for(&args);
+    let haproxy = haproxy_for(&args)?;
     create_dirs(&args)?;
     let sync_task = tokio::spawn(keeper::keep_sync(sync_bin, sync_args, shutdown.clone()));
     // HAProxy starts on the file haproxy-sync writes first (Consul's state,
@@ -178,13 +178,19 @@ fn create_dirs(args: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn haproxy_for(args: &Args) -> Haproxy {
+/// The HAProxy to run; the stats credentials reach it through its environment.
+fn haproxy_for(args: &Args) -> anyhow::Result<Haproxy> {
     let env = args
-        .stats_credentials()
-        .iter()
-        .flat_map(|(u, p)| [("STATS_USER".to_owned(), u.clone()), ("STATS_PASSWORD".to_owned(), p.clone())])
+        .stats_credentials()?
+        .into_iter()
+        .flat_map(|(u, p)| [("STATS_USER".to_owned(), u), ("STATS_PASSWORD".to_owned(), p)])
         .collect();
-    Haproxy { bin: args.haproxy.clone(), config: args.config.clone(), master_socket: args.master_socket.clone(), env }
+    Ok(Haproxy {
+        bin: args.haproxy.clone(),
+        config: args.config.clone(),
+        master_socket: args.master_socket.clone(),
+        env,
+    })
 }
 
 async fn once(
