@@ -61,7 +61,7 @@ fn every_scenario_runs_small_and_the_report_is_written() {
     let dir = out.join("report");
     bench(&out, &["report", "--dir", dir.to_str().unwrap()]);
     let report = std::fs::read_to_string(dir.join("REPORT.md")).unwrap();
-    for section in ["## Machine", "## registrator", "## haproxy-sync", "## Apply modes", "## Footprint"] {
+    for section in ["## Machine", "## registrator", "## haproxy-sync", "## Zero loss under change", "## Footprint"] {
         assert!(report.contains(section), "{section} missing from\n{report}");
     }
     for png in ["latency.png", "growth.png", "registrator-growth.png", "apply-modes.png"] {
