@@ -44,6 +44,15 @@ pub async fn footprint(bin_dir: &Path) -> anyhow::Result<Footprint> {
     Ok(Footprint { demo_service_rss_mib, images })
 }
 
+fn num(v: &Value, key: &str) -> f64 {
+    v[key].as_f64().unwrap_or_default()
+}
+
+/// One plot row per entry of `entries`: its size, then the figures `keys`.
+fn growth_rows(entries: &Value, size: fn(&Value) -> f64, keys: &[&str]) -> Vec<(f64, Vec<f64>)> {
+    entries.as_array().into_iter().flatten().map(|e| (size(e), keys.iter().map(|k| num(e, k)).collect())).collect()
+}
+
 fn read(out: &Path, name: &str) -> Value {
     std::fs::read_to_string(out.join(format!("{name}.json")))
         .ok()
@@ -172,15 +181,7 @@ pub fn write(out: &Path, dir: &Path, command: &str) -> anyhow::Result<()> {
             reg["rss_idle_empty_mib"].as_f64().unwrap_or_default(),
             reg["rss_idle_loaded_mib"].as_f64().unwrap_or_default()
         )?;
-        let rows: Vec<(f64, Vec<f64>)> = reg["resyncs"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|r| {
-                let f = |k: &str| r[k].as_f64().unwrap_or_default();
-                (f("running"), vec![f("cold_resync_ms"), f("rss_mib")])
-            })
-            .collect();
+        let rows = growth_rows(&reg["resyncs"], |r| num(r, "running"), &["cold_resync_ms", "rss_mib"]);
         let panels = [("registrator start → all in Consul", "ms"), ("registrator RSS", "MiB")];
         crate::plot::growth(&rows, &panels, "running containers", &dir.join("registrator-growth.png"))?;
         writeln!(
@@ -246,19 +247,13 @@ pub fn write(out: &Path, dir: &Path, command: &str) -> anyhow::Result<()> {
             &dir.join("latency.png"),
         )?;
         writeln!(md, "![latency histograms](latency.png)\n")?;
-        let rows: Vec<(f64, Vec<f64>)> = hs["large"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|l| l["active_checks"] == false)
-            .map(|l| {
-                let f = |k: &str| l[k].as_f64().unwrap_or_default();
-                (
-                    f("services") * f("instances_per_service"),
-                    vec![f("first_apply_ms"), f("one_change_apply_ms"), f("rss_mib")],
-                )
-            })
-            .collect();
+        let unchecked: Value =
+            hs["large"].as_array().into_iter().flatten().filter(|l| l["active_checks"] == false).cloned().collect();
+        let rows = growth_rows(
+            &unchecked,
+            |l| num(l, "services") * num(l, "instances_per_service"),
+            &["first_apply_ms", "one_change_apply_ms", "rss_mib"],
+        );
         let panels = [("first full apply", "ms"), ("one instance change applied", "ms"), ("haproxy-sync RSS", "MiB")];
         crate::plot::growth(&rows, &panels, "instances in Consul", &dir.join("growth.png"))?;
         writeln!(

@@ -57,7 +57,7 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
     if credentials.is_none() {
         warn!("STATS_USER and STATS_PASSWORD (or STATS_PASSWORD_FILE) are not both set: the stats page is off");
     }
-    let haproxy = haproxy_for(&args)?;
+    let haproxy = haproxy_for(&args, credentials.clone());
     create_dirs(&args)?;
     let opts = SyncOptions {
         wait_min: args.wait.0,
@@ -153,7 +153,7 @@ pub async fn keep(
     sync_args: Vec<String>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let haproxy = haproxy_for(&args)?;
+    let haproxy = haproxy_for(&args, args.stats_credentials()?);
     create_dirs(&args)?;
     let sync_task = tokio::spawn(keeper::keep_sync(sync_bin, sync_args, shutdown.clone()));
     // HAProxy starts on the file haproxy-sync writes first (Consul's state,
@@ -179,18 +179,12 @@ fn create_dirs(args: &Args) -> anyhow::Result<()> {
 }
 
 /// The HAProxy to run; the stats credentials reach it through its environment.
-fn haproxy_for(args: &Args) -> anyhow::Result<Haproxy> {
-    let env = args
-        .stats_credentials()?
+fn haproxy_for(args: &Args, credentials: Option<(String, String)>) -> Haproxy {
+    let env = credentials
         .into_iter()
         .flat_map(|(u, p)| [("STATS_USER".to_owned(), u), ("STATS_PASSWORD".to_owned(), p)])
         .collect();
-    Ok(Haproxy {
-        bin: args.haproxy.clone(),
-        config: args.config.clone(),
-        master_socket: args.master_socket.clone(),
-        env,
-    })
+    Haproxy { bin: args.haproxy.clone(), config: args.config.clone(), master_socket: args.master_socket.clone(), env }
 }
 
 async fn once(

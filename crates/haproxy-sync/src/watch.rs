@@ -159,7 +159,7 @@ async fn watch_catalog(
         // without a single service is what ACLs leave of it for a token that
         // may read nothing, never the truth. Applying it would unroute all.
         let result: Result<_, WatchError> = match result {
-            Ok(answer) if answer.value.is_empty() => Err(Refusal::NothingReadable.into()),
+            Ok(answer) if answer.value.is_empty() => Err(WatchError::NothingReadable),
             other => other.map_err(Into::into),
         };
         match result {
@@ -181,7 +181,7 @@ async fn watch_catalog(
             Err(e) => {
                 stats.errors.inc();
                 stats.up.set(0);
-                if e.is_forbidden() || matches!(e, WatchError::Refused(_)) {
+                if e.is_forbidden() || matches!(e, WatchError::NothingReadable) {
                     error!(
                         error = %e,
                         "Consul's ACLs let this token read no services: the ACL token is missing or lacks \
@@ -260,20 +260,14 @@ fn instance(e: &ServiceEntry) -> Instance {
     }
 }
 
-/// An answer Consul gave that cannot be the catalog's true state.
-#[derive(Debug, thiserror::Error)]
-enum Refusal {
-    #[error("the catalog lists no service at all, not even `consul`")]
-    NothingReadable,
-}
-
 /// Why one catalog query gave nothing to use.
 #[derive(Debug, thiserror::Error)]
 enum WatchError {
     #[error(transparent)]
     Consul(#[from] consul::Error),
-    #[error(transparent)]
-    Refused(#[from] Refusal),
+    /// An answer that cannot be the catalog's true state.
+    #[error("the catalog lists no service at all, not even `consul`")]
+    NothingReadable,
 }
 
 impl WatchError {
