@@ -33,6 +33,19 @@ impl Error {
     pub fn is_forbidden(&self) -> bool {
         matches!(self, Error::Status { status, .. } if *status == StatusCode::FORBIDDEN)
     }
+
+    /// Whether Consul answered and refused this very request, so that
+    /// sending it again unchanged would be refused again; not when it did
+    /// not answer, or answered that it is overloaded or unavailable.
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, Error::Status { status, .. } if !matches!(
+            *status,
+            StatusCode::TOO_MANY_REQUESTS
+                | StatusCode::BAD_GATEWAY
+                | StatusCode::SERVICE_UNAVAILABLE
+                | StatusCode::GATEWAY_TIMEOUT
+        ))
+    }
 }
 
 /// A value and the `X-Consul-Index` it was read at.

@@ -70,6 +70,20 @@ pub struct AgentService {
     pub port: u16,
 }
 
+impl From<&Registration> for AgentService {
+    /// What the agent shows once `reg` is registered.
+    fn from(reg: &Registration) -> Self {
+        AgentService {
+            id: reg.id.clone(),
+            service: reg.name.clone(),
+            tags: reg.tags.clone(),
+            meta: reg.meta.clone(),
+            address: reg.address.clone(),
+            port: reg.port,
+        }
+    }
+}
+
 impl AgentService {
     /// Whether registering `reg` would change nothing Consul shows.
     pub fn matches(&self, reg: &Registration) -> bool {

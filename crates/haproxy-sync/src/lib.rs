@@ -87,11 +87,9 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
         metrics.register(&mut registry);
         let health = {
             let metrics = metrics.clone();
-            Arc::new(
-                move || {
-                    if metrics.consul_up.get() == 1 { Ok(()) } else { Err("Consul does not answer".to_owned()) }
-                },
-            ) as ops::admin::HealthCheck
+            Arc::new(move || {
+                if metrics.consul_up.get() == 1 { Ok(String::new()) } else { Err("Consul does not answer".to_owned()) }
+            }) as ops::admin::HealthCheck
         };
         ops::admin::serve(addr, Arc::new(registry), health, shutdown.clone())
             .await

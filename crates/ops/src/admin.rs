@@ -11,10 +11,12 @@ use axum::routing::get;
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
-/// Says whether the service works: `Err` carries why not, for `/health`.
-pub type HealthCheck = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
+/// Says whether the service works: `Ok` carries details shown under "ok"
+/// (often none), `Err` why not, for `/health`.
+pub type HealthCheck = Arc<dyn Fn() -> Result<String, String> + Send + Sync>;
 
-/// The admin routes: `GET /metrics` and `GET /health` (200, or 503 with the reason).
+/// The admin routes: `GET /metrics` and `GET /health` (200 with any details,
+/// or 503 with the reason).
 pub fn router(registry: Arc<Registry>, health: HealthCheck) -> Router {
     Router::new()
         .route(
@@ -41,7 +43,7 @@ pub fn router(registry: Arc<Registry>, health: HealthCheck) -> Router {
                 let verdict = health();
                 async move {
                     match verdict {
-                        Ok(()) => (StatusCode::OK, "ok\n".to_owned()),
+                        Ok(details) => (StatusCode::OK, format!("ok\n{details}")),
                         Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")),
                     }
                 }
@@ -133,7 +135,9 @@ mod tests {
         let ok = Arc::new(AtomicBool::new(true));
         let flag = ok.clone();
         let health: HealthCheck =
-            Arc::new(move || if flag.load(Ordering::Relaxed) { Ok(()) } else { Err("consul unreachable".into()) });
+            Arc::new(
+                move || if flag.load(Ordering::Relaxed) { Ok(String::new()) } else { Err("consul unreachable".into()) },
+            );
         let shutdown = CancellationToken::new();
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();

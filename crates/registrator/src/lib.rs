@@ -7,7 +7,10 @@
 //! - [`service`]: pure rules from a container to the services it asks for:
 //!   names, ports, addresses, tags, Meta, checks.
 //! - [`docker`]: the Docker engine through bollard (inspect, list, events).
-//! - [`registrar`]: the reconciler and its event loop.
+//! - [`state`]: what registrator knows and wants, and every decision, as
+//!   pure transitions (events, looks at Docker and Consul, outcomes → ops).
+//! - [`registrar`]: the thin loop around the state: events, timers, I/O.
+//! - [`metrics`]: what `/metrics` reports.
 //! - [`config`]: command line and environment.
 #![forbid(unsafe_code)]
 
@@ -17,6 +20,10 @@ pub mod docker;
 pub mod metrics;
 pub mod registrar;
 pub mod service;
+pub mod state;
+#[cfg(test)]
+mod testing;
 
-pub use registrar::{Deregister, Options, Registrar, Report, run};
+pub use registrar::{Options, Registrar, Work, drive, run};
 pub use service::Rules;
+pub use state::{Deregister, Timing};

@@ -37,6 +37,12 @@ pub struct Metrics {
     pub services: Gauge,
     /// 1 while the Docker event stream is connected.
     pub docker_connected: Gauge,
+    /// Registrations (or deregistrations) Consul refuses now.
+    pub refused: Gauge,
+    /// Refusals by Consul, each counted once per change of what was refused.
+    pub refusals: Counter,
+    /// 1 while the Consul agent answers.
+    pub consul_up: Gauge,
 }
 
 impl Default for Metrics {
@@ -51,6 +57,9 @@ impl Default for Metrics {
             last_success: Gauge::default(),
             services: Gauge::default(),
             docker_connected: Gauge::default(),
+            refused: Gauge::default(),
+            refusals: Counter::default(),
+            consul_up: Gauge::default(),
         }
     }
 }
@@ -75,6 +84,9 @@ impl Metrics {
             "1 while the Docker event stream is connected",
             self.docker_connected.clone(),
         );
+        registry.register("refused_services", "Services whose registration Consul refuses now", self.refused.clone());
+        registry.register("consul_refusals", "Registrations Consul refused (once per change)", self.refusals.clone());
+        registry.register("consul_up", "1 while the Consul agent answers", self.consul_up.clone());
     }
 
     pub fn mark_success(&self) {

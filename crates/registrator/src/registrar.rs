@@ -1,12 +1,19 @@
-//! Keeps the Consul agent's services equal to what the running containers
-//! ask for. Docker events only say *when* to look at a container; a
-//! reconcile of that container (or of all of them) says *what* to change.
+//! The loop around [`State`]: it takes Docker events and timers in, asks
+//! Docker and the Consul agent what [`State`] needs to know, carries out the
+//! ops it plans, and logs its notes. Every decision is the state's; this
+//! file only does I/O, in batches: a burst of events is one round, each
+//! container is inspected once in it, and the ops of a round run together.
+//!
+//! Docker and the agent are reached through two small traits, [`Docker`] and
+//! [`Agent`], so the loop's timing (batching, verify, retries, backoff) is
+//! tested with fakes and tokio's paused clock (`tests` below).
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use consul::{Backoff, Registration};
+use consul::{AgentService, Backoff, Registration};
 use futures_util::{StreamExt, stream};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -16,74 +23,105 @@ use tracing::{debug, error, info, warn};
 use crate::container::Container;
 use crate::docker::Engine;
 use crate::metrics::{ActionLabel, KindLabel, Metrics};
-use crate::service::{self, OWNER_META, Rules};
+use crate::service::{self, Rules};
+use crate::state::{Deregister, Note, Op, Outcome, State, Timing};
 
-#[derive(Debug, thiserror::Error)]
-pub enum SyncError {
-    #[error("docker: {0}")]
-    Docker(#[from] bollard::errors::Error),
-    #[error(transparent)]
-    Consul(#[from] consul::Error),
+/// The Docker engine as the loop uses it.
+pub trait Docker: Send + Sync {
+    /// IDs of the running containers.
+    fn running(&self) -> impl Future<Output = Result<Vec<String>, bollard::errors::Error>> + Send;
+    /// One container, or `None` when it no longer exists.
+    fn inspect(&self, id: &str) -> impl Future<Output = Result<Option<Container>, bollard::errors::Error>> + Send;
 }
 
-/// What a full resync changed.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Report {
-    pub containers: usize,
-    pub registered: usize,
-    pub deregistered: usize,
+/// The Consul agent as the loop uses it.
+pub trait Agent: Send + Sync {
+    fn services(&self) -> impl Future<Output = Result<HashMap<String, AgentService>, consul::Error>> + Send;
+    fn register(&self, reg: &Registration) -> impl Future<Output = Result<(), consul::Error>> + Send;
+    fn deregister(&self, id: &str) -> impl Future<Output = Result<(), consul::Error>> + Send;
+    fn update_ttl(
+        &self,
+        check_id: &str,
+        status: &str,
+        output: &str,
+    ) -> impl Future<Output = Result<(), consul::Error>> + Send;
 }
 
-/// When a container that exits is deregistered (Go Registrator's `-deregister`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
-pub enum Deregister {
-    /// Whenever it stops.
-    #[default]
-    Always,
-    /// Only when it exits with code 0 or was asked to stop: a crashed
-    /// container stays registered (its checks tell) until it is removed.
-    OnSuccess,
+impl Docker for Engine {
+    fn running(&self) -> impl Future<Output = Result<Vec<String>, bollard::errors::Error>> + Send {
+        Engine::running(self)
+    }
+    fn inspect(&self, id: &str) -> impl Future<Output = Result<Option<Container>, bollard::errors::Error>> + Send {
+        Engine::inspect(self, id)
+    }
 }
 
-/// The reconciler: Docker's truth in, Consul registrations out.
-pub struct Registrar {
-    consul: consul::Client,
-    engine: Engine,
-    rules: Rules,
-    deregister: Deregister,
-    metrics: Metrics,
-    /// Why the last reconcile failed, until one succeeds.
-    failing: Mutex<Option<String>>,
-    /// Services of crashed containers kept under `Deregister::OnSuccess`.
-    retained: Mutex<HashMap<String, Vec<Registration>>>,
-    /// What this process registered, by container ID.
-    known: Mutex<HashMap<String, Vec<Registration>>>,
-    /// Containers asked to stop (a `kill` with a stopping signal): not
-    /// registered, so the load balancer stops routing while they drain.
-    stopping: Mutex<HashSet<String>>,
+impl Agent for consul::Client {
+    fn services(&self) -> impl Future<Output = Result<HashMap<String, AgentService>, consul::Error>> + Send {
+        self.agent_services()
+    }
+    fn register(&self, reg: &Registration) -> impl Future<Output = Result<(), consul::Error>> + Send {
+        consul::Client::register(self, reg)
+    }
+    fn deregister(&self, id: &str) -> impl Future<Output = Result<(), consul::Error>> + Send {
+        consul::Client::deregister(self, id)
+    }
+    fn update_ttl(
+        &self,
+        check_id: &str,
+        status: &str,
+        output: &str,
+    ) -> impl Future<Output = Result<(), consul::Error>> + Send {
+        consul::Client::update_ttl(self, check_id, status, output)
+    }
 }
 
-/// How often to look at everything even without events; `None` never.
+/// Timers of the loop; `None` never.
 #[derive(Clone, Copy, Debug)]
 pub struct Options {
+    /// How often to look at every container even without events.
     pub resync_every: Option<Duration>,
-    /// How often to check that Consul still holds what was registered (a
-    /// restarted agent loses it all); `None` never.
+    /// How often to check that the agent still holds what was registered (a
+    /// restarted agent loses it all).
     pub verify_every: Option<Duration>,
 }
 
-impl Registrar {
-    pub fn new(consul: consul::Client, engine: Engine, rules: Rules) -> Self {
+/// What the loop receives: Docker events, and word that the event stream
+/// (re)connected, after which everything is looked at again.
+#[derive(Clone, Debug)]
+pub enum Work {
+    Event { action: String, id: String, attributes: HashMap<String, String> },
+    Connected,
+}
+
+/// What `/health` shows, published by the loop after every round.
+#[derive(Clone, Debug, Default)]
+struct Status {
+    unhealthy: Option<String>,
+    refused: Vec<(String, String)>,
+}
+
+/// The registrar: Docker and the agent, the rules, and what it reports.
+pub struct Registrar<D = Engine, A = consul::Client> {
+    docker: D,
+    agent: A,
+    rules: Rules,
+    deregister: Deregister,
+    timing: Timing,
+    metrics: Metrics,
+    status: Mutex<Status>,
+}
+
+impl<D: Docker, A: Agent> Registrar<D, A> {
+    pub fn new(agent: A, docker: D, rules: Rules) -> Self {
         Self {
-            consul,
-            engine,
+            docker,
+            agent,
             rules,
             deregister: Deregister::default(),
+            timing: Timing::default(),
             metrics: Metrics::default(),
-            failing: Mutex::default(),
-            retained: Mutex::default(),
-            known: Mutex::default(),
-            stopping: Mutex::default(),
+            status: Mutex::default(),
         }
     }
 
@@ -92,219 +130,155 @@ impl Registrar {
         self
     }
 
+    pub fn with_timing(mut self, timing: Timing) -> Self {
+        self.timing = timing;
+        self
+    }
+
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
     }
 
-    /// `Ok` while reconciling works; else why not (for `/health`).
-    pub fn health(&self) -> Result<(), String> {
-        match self.failing.lock().expect("lock").clone() {
-            None => Ok(()),
-            Some(why) => Err(why),
+    /// `Ok` with details while registering works; else why not (for `/health`).
+    pub fn health(&self) -> Result<String, String> {
+        let status = self.status.lock().map(|s| s.clone()).unwrap_or_default();
+        if let Some(why) = status.unhealthy {
+            return Err(why);
+        }
+        Ok(status.refused.iter().map(|(id, why)| format!("refused by Consul: {id}: {why}\n")).collect())
+    }
+
+    fn publish(&self, state: &State) {
+        let status = Status { unhealthy: state.unhealthy(), refused: state.refusals() };
+        self.metrics.refused.set(status.refused.len() as i64);
+        self.metrics.services.set(state.held_count() as i64);
+        self.metrics.consul_up.set(i64::from(!state.consul_down()));
+        if let Ok(mut s) = self.status.lock() {
+            *s = status;
         }
     }
 
-    /// Whether Consul still holds every service this registrar registered.
-    pub async fn verify(&self) -> Result<bool, SyncError> {
-        let current = self.consul.agent_services().await?;
-        let known = self.known.lock().expect("lock");
-        Ok(known.values().flatten().all(|reg| current.get(&reg.id).is_some_and(|cur| cur.matches(reg))))
+    /// Every running container, inspected (16 at a time).
+    async fn look_all(&self) -> Result<Vec<Container>, bollard::errors::Error> {
+        let ids = self.docker.running().await?;
+        let looks = stream::iter(ids).map(|id| async move { self.docker.inspect(&id).await });
+        let found: Vec<Option<Container>> =
+            looks.buffer_unordered(16).collect::<Vec<_>>().await.into_iter().collect::<Result<_, _>>()?;
+        Ok(found.into_iter().flatten().filter(|c| c.running).collect())
     }
 
-    async fn register(&self, reg: &Registration) -> Result<(), SyncError> {
-        self.consul.register(reg).await?;
-        self.metrics.registrations.inc();
-        info!(service = %reg.name, id = %reg.id, address = %reg.address, port = reg.port, "registered");
-        // Consul keeps a check's status across re-registrations: set it.
-        self.update_docker_health(reg).await
+    /// Carries out one op; a registration also sets its Docker-health checks
+    /// (Consul keeps a check's status across re-registrations).
+    async fn execute(&self, op: &Op) -> Outcome {
+        let result = match op {
+            Op::Register(reg) => match self.agent.register(reg).await {
+                Ok(()) => self.set_docker_health(reg).await,
+                Err(e) => Err(e),
+            },
+            Op::Refresh(reg) => self.set_docker_health(reg).await,
+            Op::Deregister { id, .. } => self.agent.deregister(id).await,
+        };
+        if result.is_err() {
+            self.metrics.consul_errors.inc();
+        }
+        Outcome::of(result)
     }
 
-    /// Sets the Docker-health check of `reg`, if it has one, to Docker's verdict.
-    async fn update_docker_health(&self, reg: &Registration) -> Result<(), SyncError> {
+    async fn set_docker_health(&self, reg: &Registration) -> Result<(), consul::Error> {
         for check in reg.checks.iter().filter(|c| c.check_id.as_deref().is_some_and(service::is_docker_health)) {
             let (Some(id), Some(status)) = (&check.check_id, &check.status) else { continue };
-            self.consul.update_ttl(id, status, check.notes.as_deref().unwrap_or_default()).await?;
+            self.agent.update_ttl(id, status, check.notes.as_deref().unwrap_or_default()).await?;
         }
         Ok(())
     }
 
-    async fn deregister(&self, id: &str) -> Result<(), SyncError> {
-        self.consul.deregister(id).await?;
-        self.metrics.deregistrations.inc();
-        Ok(())
-    }
-
-    fn remember(&self, known: HashMap<String, Vec<Registration>>) {
-        self.metrics.services.set(known.values().map(Vec::len).sum::<usize>() as i64);
-        *self.known.lock().expect("lock") = known;
-    }
-
-    /// Makes Consul's services owned by this Docker host exactly those the
-    /// running containers ask for.
-    pub async fn resync(&self) -> Result<Report, SyncError> {
-        let ids = self.engine.running().await?;
-        let inspects = ids.into_iter().map(|id| {
-            let engine = self.engine.clone();
-            async move { engine.inspect(&id).await }
-        });
-        let containers: Vec<Option<Container>> = stream::iter(inspects)
-            .buffer_unordered(16)
-            .collect::<Vec<_>>()
-            .await
-            .into_iter()
-            .collect::<Result<_, _>>()?;
-        let stopping = self.stopping.lock().expect("lock").clone();
-        let mut want: HashMap<String, Vec<Registration>> = self.retained.lock().expect("lock").clone();
-        for c in containers.iter().flatten().filter(|c| !stopping.contains(&c.id)) {
-            let services = self.desired(c);
-            if !services.is_empty() {
-                want.insert(c.id.clone(), services);
-            }
-        }
-
-        let current = self.consul.agent_services().await?;
-        let mut report = Report { containers: containers.len(), ..Report::default() };
-        let wanted_ids: HashSet<&str> = want.values().flatten().map(|r| r.id.as_str()).collect();
-        for reg in want.values().flatten() {
-            if !current.get(&reg.id).is_some_and(|cur| cur.matches(reg)) {
-                self.register(reg).await?;
-                report.registered += 1;
-            } else {
-                // Docker health may have changed while no one was watching.
-                self.update_docker_health(reg).await?;
-            }
-        }
-        for svc in current.values() {
-            let ours = svc.meta.get(OWNER_META) == Some(&self.rules.owner);
-            if ours && !wanted_ids.contains(svc.id.as_str()) {
-                self.deregister(&svc.id).await?;
-                info!(service = %svc.service, id = %svc.id, "deregistered stale service");
-                report.deregistered += 1;
-            }
-        }
-        self.remember(want);
-        Ok(report)
-    }
-
-    /// Brings one container's services up to date.
-    pub async fn sync_container(&self, id: &str) -> Result<(), SyncError> {
-        let stopping = self.stopping.lock().expect("lock").contains(id);
-        if self.retained.lock().expect("lock").contains_key(id) {
-            return Ok(());
-        }
-        // A container asked to stop wants nothing: no need to ask Docker,
-        // which may hold its inspect until the stop is done.
-        let want = if stopping {
-            Vec::new()
-        } else {
-            match self.engine.inspect(id).await? {
-                Some(c) => self.desired(&c),
-                None => Vec::new(),
-            }
-        };
-        let had = self.known.lock().expect("lock").get(id).cloned().unwrap_or_default();
-        for old in had.iter().filter(|old| !want.iter().any(|w| w.id == old.id)) {
-            self.deregister(&old.id).await?;
-            info!(service = %old.name, id = %old.id, stopping, "deregistered");
-        }
-        for reg in want.iter().filter(|w| !had.contains(w)) {
-            self.register(reg).await?;
-        }
-        let mut known = self.known.lock().expect("lock").clone();
-        if want.is_empty() {
-            known.remove(id);
-        } else {
-            known.insert(id.to_owned(), want);
-        }
-        self.remember(known);
-        Ok(())
-    }
-
-    /// Follows a Docker event: updates the stopping set and says whether the
-    /// container needs a reconcile.
-    fn note_event(&self, action: &str, id: &str, attributes: &HashMap<String, String>) -> bool {
-        let signal = attributes.get("signal").map(String::as_str);
-        let mut stopping = self.stopping.lock().expect("lock");
-        match action {
-            "start" | "unpause" | "restart" => {
-                stopping.remove(id);
-                self.retained.lock().expect("lock").remove(id);
-                true
-            }
-            "die"
-                if self.deregister == Deregister::OnSuccess
-                    && !stopping.contains(id)
-                    && attributes.get("exitCode").is_some_and(|code| code != "0") =>
-            {
-                // Crashed: keep what it had registered until it is removed.
-                if let Some(had) = self.known.lock().expect("lock").get(id).cloned() {
-                    warn!(id = %short(id), exit_code = ?attributes.get("exitCode"), "container crashed; its services stay registered (-deregister on-success)");
-                    self.retained.lock().expect("lock").insert(id.to_owned(), had);
+    fn log(&self, notes: Vec<Note>) {
+        for note in notes {
+            match note {
+                Note::Registered(reg) => {
+                    self.metrics.registrations.inc();
+                    info!(service = %reg.name, id = %reg.id, address = %reg.address, port = reg.port, "registered");
                 }
-                false
+                Note::Deregistered { id, name, stale } => {
+                    self.metrics.deregistrations.inc();
+                    if stale {
+                        info!(service = %name, %id, "deregistered stale service");
+                    } else {
+                        info!(service = %name, %id, "deregistered");
+                    }
+                }
+                Note::Problems { container, id, problems } if problems.is_empty() => {
+                    info!(%container, id = %short(&id), "nothing refused any more");
+                }
+                Note::Problems { container, id, problems } => {
+                    for problem in problems {
+                        warn!(%container, id = %short(&id), "not registered: {problem}");
+                    }
+                }
+                Note::Refused { id, name, reason, forbidden, reminder } => {
+                    if !reminder {
+                        self.metrics.refusals.inc();
+                    }
+                    let still = if reminder { " still" } else { "" };
+                    if forbidden {
+                        error!(
+                            service = %name, %id, error = %reason,
+                            "Consul{still} refuses the registration: the ACL token is missing or lacks permission \
+                             (set CONSUL_HTTP_TOKEN or CONSUL_HTTP_TOKEN_FILE); retrying with backoff"
+                        );
+                    } else {
+                        warn!(service = %name, %id, error = %reason, "Consul{still} refuses the registration; retrying with backoff");
+                    }
+                }
+                Note::Accepted { id, name } => info!(service = %name, %id, "Consul accepts the registration now"),
+                Note::ConsulDown { reason } => {
+                    warn!(error = %reason, "Consul agent unreachable; retrying with backoff, registrations wait")
+                }
+                Note::ConsulUp { down_for } => {
+                    info!(down_ms = down_for.as_millis() as u64, "Consul agent reachable again; catching up")
+                }
+                Note::ConsulLost { count } => {
+                    warn!(count, "Consul lost services registered earlier (agent restarted?); registering them again")
+                }
+                Note::DockerDown { reason } => {
+                    self.metrics.docker_errors.inc();
+                    warn!(error = %reason, "Docker engine unreachable; retrying with backoff")
+                }
+                Note::DockerUp { down_for } => {
+                    info!(down_ms = down_for.as_millis() as u64, "Docker engine reachable again")
+                }
+                Note::Retained { container, exit_code } => warn!(
+                    id = %short(&container), %exit_code,
+                    "container crashed; its services stay registered (-deregister on-success)"
+                ),
+                Note::RefusalsDropped { left } => debug!(left, "refusals of changes no longer needed dropped"),
             }
-            "destroy" => {
-                stopping.remove(id);
-                self.retained.lock().expect("lock").remove(id);
-                true
-            }
-            "kill" if signal.is_some_and(is_stop_signal) => {
-                stopping.insert(id.to_owned());
-                true
-            }
-            "die" => {
-                stopping.remove(id);
-                true
-            }
-            "stop" | "pause" | "rename" | "health_status" => true,
-            _ => false,
         }
     }
-
-    fn note_failure(&self, e: &SyncError) {
-        *self.failing.lock().expect("lock") = Some(e.to_string());
-    }
-
-    fn desired(&self, c: &Container) -> Vec<Registration> {
-        let d = service::desired(c, &self.rules);
-        for problem in &d.problems {
-            warn!(container = %c.name, id = %short(&c.id), "not registered: {problem}");
-        }
-        d.services
-    }
-}
-
-/// SIGTERM, SIGKILL, SIGINT and SIGQUIT ask a container to go away.
-fn is_stop_signal(signal: &str) -> bool {
-    matches!(signal, "15" | "9" | "2" | "3" | "SIGTERM" | "SIGKILL" | "SIGINT" | "SIGQUIT")
 }
 
 fn short(id: &str) -> &str {
     &id[..id.len().min(12)]
 }
 
-enum Work {
-    Container(String),
-    Resync,
-}
-
-/// Runs until `shutdown`: follows Docker events (reconnecting with backoff
-/// and resyncing after every reconnect) and reconciles in order.
+/// Runs until `shutdown`: follows the engine's events (reconnecting with
+/// backoff, and looking at everything after every reconnect) and reconciles.
 pub async fn run(registrar: Arc<Registrar>, opts: Options, shutdown: CancellationToken) {
     let (tx, rx) = mpsc::unbounded_channel();
-    let events = tokio::spawn(follow_events(registrar.clone(), tx, shutdown.clone()));
-    reconcile_loop(&registrar, rx, opts, &shutdown).await;
+    let events = tokio::spawn(follow_events(registrar.docker.clone(), registrar.metrics.clone(), tx, shutdown.clone()));
+    drive(&registrar, rx, opts, &shutdown).await;
     events.abort();
 }
 
-async fn follow_events(registrar: Arc<Registrar>, tx: mpsc::UnboundedSender<Work>, shutdown: CancellationToken) {
+async fn follow_events(engine: Engine, metrics: Metrics, tx: mpsc::UnboundedSender<Work>, shutdown: CancellationToken) {
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(15));
+    let mut failing = false;
     loop {
         // Replay from a second before connecting so nothing falls between
-        // the stream and the resync that follows every (re)connect.
+        // the stream and the full look that follows every (re)connect.
         let since = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64 - 1).ok();
-        let mut events = Box::pin(registrar.engine.events(since));
-        let _ = tx.send(Work::Resync);
+        let mut events = Box::pin(engine.events(since));
+        let _ = tx.send(Work::Connected);
         loop {
             let item = tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -312,31 +286,39 @@ async fn follow_events(registrar: Arc<Registrar>, tx: mpsc::UnboundedSender<Work
             };
             match item {
                 Some(Ok(ev)) => {
+                    if failing {
+                        info!("docker event stream back");
+                        failing = false;
+                    }
                     backoff.reset();
-                    registrar.metrics.docker_connected.set(1);
+                    metrics.docker_connected.set(1);
                     let Some(actor) = ev.actor else { continue };
                     let Some(id) = actor.id else { continue };
                     let action = ev.action.unwrap_or_default();
-                    let action = action.split(':').next().unwrap_or_default();
-                    registrar.metrics.events.get_or_create(&ActionLabel { action: action.to_owned() }).inc();
-                    let attributes = actor.attributes.unwrap_or_default();
+                    let action = action.split(':').next().unwrap_or_default().to_owned();
+                    metrics.events.get_or_create(&ActionLabel { action: action.clone() }).inc();
                     debug!(action, id = %short(&id), "docker event");
-                    if registrar.note_event(action, &id, &attributes) {
-                        let _ = tx.send(Work::Container(id));
-                    }
+                    let attributes = actor.attributes.unwrap_or_default();
+                    let _ = tx.send(Work::Event { action, id, attributes });
                 }
                 Some(Err(e)) => {
-                    warn!(error = %e, "docker event stream failed; reconnecting");
-                    registrar.metrics.docker_errors.inc();
+                    metrics.docker_errors.inc();
+                    if !failing {
+                        warn!(error = %e, "docker event stream failed; reconnecting with backoff");
+                    }
+                    failing = true;
                     break;
                 }
                 None => {
-                    warn!("docker event stream ended; reconnecting");
+                    if !failing {
+                        warn!("docker event stream ended; reconnecting with backoff");
+                    }
+                    failing = true;
                     break;
                 }
             }
         }
-        registrar.metrics.docker_connected.set(0);
+        metrics.docker_connected.set(0);
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = backoff.wait() => {}
@@ -344,98 +326,365 @@ async fn follow_events(registrar: Arc<Registrar>, tx: mpsc::UnboundedSender<Work
     }
 }
 
-async fn reconcile_loop(
-    registrar: &Registrar,
+/// The loop itself, fed by `rx`: events, and `Connected` for a full look.
+pub async fn drive<D: Docker, A: Agent>(
+    registrar: &Registrar<D, A>,
     mut rx: mpsc::UnboundedReceiver<Work>,
     opts: Options,
     shutdown: &CancellationToken,
 ) {
-    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+    let mut state = State::new(registrar.rules.clone(), registrar.deregister, registrar.timing);
     let far = Duration::from_secs(365 * 24 * 3600);
     let mut next_resync = Instant::now() + opts.resync_every.unwrap_or(far);
     let mut next_verify = Instant::now() + opts.verify_every.unwrap_or(far);
-    let mut retry_at: Option<Instant> = None;
     loop {
-        let mut resync = false;
+        let mut full = false;
         let mut verify = false;
         let mut dirty = BTreeSet::new();
-        let mut take = |w: Work, resync: &mut bool| match w {
-            Work::Resync => *resync = true,
-            Work::Container(id) => {
-                dirty.insert(id);
+        let wake = state.next_retry().unwrap_or_else(|| Instant::now() + far);
+        let mut take = |w: Work, state: &mut State, full: &mut bool| match w {
+            Work::Connected => *full = true,
+            Work::Event { action, id, attributes } => {
+                if state.on_event(&action, &id, &attributes) {
+                    dirty.insert(id);
+                }
             }
         };
         tokio::select! {
             _ = shutdown.cancelled() => return,
             w = rx.recv() => match w {
-                Some(w) => take(w, &mut resync),
+                Some(w) => take(w, &mut state, &mut full),
                 None => return,
             },
-            _ = tokio::time::sleep_until(next_resync) => resync = true,
+            _ = tokio::time::sleep_until(next_resync) => full = true,
             _ = tokio::time::sleep_until(next_verify) => verify = true,
-            _ = tokio::time::sleep_until(retry_at.unwrap_or(Instant::now() + far)) => resync = true,
+            _ = tokio::time::sleep_until(wake) => {}
         }
-        // A burst of events is one batch: each container once, in one pass.
+        // A burst of events is one round: each container once.
         while let Ok(w) = rx.try_recv() {
-            take(w, &mut resync);
-        }
-        if verify && !resync && dirty.is_empty() {
-            next_verify = Instant::now() + opts.verify_every.unwrap_or(far);
-            match registrar.verify().await {
-                Ok(true) => continue,
-                Ok(false) => {
-                    warn!("Consul lost services registered earlier (agent restarted?); resyncing");
-                    resync = true;
-                }
-                Err(e) => {
-                    registrar.metrics.consul_errors.inc();
-                    registrar.note_failure(&e);
-                    continue;
-                }
-            }
+            take(w, &mut state, &mut full);
         }
         let started = Instant::now();
-        let kind = if resync { "resync" } else { "container" };
-        let result = if resync {
-            registrar.resync().await.map(|report| {
-                info!(?report, elapsed_ms = started.elapsed().as_millis() as u64, "resynced");
-            })
-        } else {
-            let syncs = dirty.into_iter().map(|id| async move { registrar.sync_container(&id).await });
-            let results = stream::iter(syncs).buffer_unordered(16).collect::<Vec<_>>().await;
-            results.into_iter().collect::<Result<Vec<()>, _>>().map(drop)
-        };
-        registrar.metrics.reconcile_seconds.get_or_create(&KindLabel { kind }).observe(started.elapsed().as_secs_f64());
-        match result {
-            Ok(()) => {
-                backoff.reset();
-                retry_at = None;
-                registrar.metrics.mark_success();
-                *registrar.failing.lock().expect("lock") = None;
-                if resync {
-                    next_resync = Instant::now() + opts.resync_every.unwrap_or(far);
+        let now = started;
+        if full {
+            next_resync = now + opts.resync_every.unwrap_or(far);
+        }
+        if verify {
+            next_verify = now + opts.verify_every.unwrap_or(far);
+        }
+
+        // Docker: everything, or the containers the events named.
+        let full = (full && state.docker_may_try(now)) || state.docker_look_due(now);
+        if full {
+            match registrar.look_all().await {
+                Ok(containers) => {
+                    state.on_docker_answered(Instant::now());
+                    state.on_snapshot(&containers);
                 }
+                Err(e) => state.on_docker_failed(e.to_string(), Instant::now()),
             }
-            Err(e) => {
-                // Whatever failed, a full resync from Docker's truth repairs it.
-                match &e {
-                    SyncError::Consul(_) => registrar.metrics.consul_errors.inc(),
-                    SyncError::Docker(_) => registrar.metrics.docker_errors.inc(),
-                };
-                registrar.note_failure(&e);
-                let delay = backoff.next_delay();
-                if matches!(&e, SyncError::Consul(c) if c.is_forbidden()) {
-                    error!(
-                        error = %e,
-                        retry_in_ms = delay.as_millis() as u64,
-                        "Consul refused the request: the ACL token is missing or lacks permission \
-                         (set CONSUL_HTTP_TOKEN or CONSUL_HTTP_TOKEN_FILE)"
-                    );
-                } else {
-                    warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "sync failed; will resync");
+        } else if !dirty.is_empty() {
+            let looks = stream::iter(dirty).map(|id| async move { (registrar.docker.inspect(&id).await, id) });
+            for (found, id) in looks.buffer_unordered(16).collect::<Vec<_>>().await {
+                match found {
+                    Ok(c) => state.on_inspected(&id, c.as_ref()),
+                    Err(e) => state.on_docker_failed(e.to_string(), Instant::now()),
                 }
-                retry_at = Some(Instant::now() + delay);
             }
         }
+
+        // Consul: look when asked to, at start, and to probe an agent that
+        // did not answer (one request per retry, before anything else).
+        let now = Instant::now();
+        if (verify || full || state.consul_needs_look()) && state.consul_may_try(now) {
+            match registrar.agent.services().await {
+                Ok(current) => state.on_consul_services(&current, Instant::now()),
+                Err(e) => {
+                    registrar.metrics.consul_errors.inc();
+                    state.on_consul_failed(e.to_string(), Instant::now());
+                }
+            }
+        }
+        let ops = state.plan(Instant::now(), full);
+        if !ops.is_empty() {
+            let runs = stream::iter(ops.iter().cloned()).map(|op| async move { (registrar.execute(&op).await, op) });
+            for (outcome, op) in runs.buffer_unordered(16).collect::<Vec<_>>().await {
+                state.on_outcome(&op, outcome, Instant::now());
+            }
+        }
+        state.prune_refused();
+        registrar.log(state.take_notes());
+        registrar.publish(&state);
+        if full || !ops.is_empty() {
+            let kind = if full { "resync" } else { "container" };
+            registrar
+                .metrics
+                .reconcile_seconds
+                .get_or_create(&KindLabel { kind })
+                .observe(started.elapsed().as_secs_f64());
+            if state.unhealthy().is_none() {
+                registrar.metrics.mark_success();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The loop with fake Docker and Consul on tokio's paused clock: what it
+    //! asks and when, with no engine or agent.
+
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use reqwest::{Method, StatusCode};
+
+    use super::*;
+
+    use crate::testing::{NET, container};
+
+    #[derive(Default)]
+    struct FakeDocker {
+        containers: Mutex<HashMap<String, Container>>,
+        lists: AtomicUsize,
+        inspects: AtomicUsize,
+    }
+
+    impl Docker for FakeDocker {
+        async fn running(&self) -> Result<Vec<String>, bollard::errors::Error> {
+            self.lists.fetch_add(1, Ordering::Relaxed);
+            Ok(self.containers.lock().unwrap().keys().cloned().collect())
+        }
+        async fn inspect(&self, id: &str) -> Result<Option<Container>, bollard::errors::Error> {
+            self.inspects.fetch_add(1, Ordering::Relaxed);
+            Ok(self.containers.lock().unwrap().get(id).cloned())
+        }
+    }
+
+    /// An agent that holds services in memory, refuses the service named
+    /// `refuse`, and does not answer while `down`.
+    #[derive(Default)]
+    struct FakeAgent {
+        services: Mutex<HashMap<String, AgentService>>,
+        refuse: Mutex<Option<String>>,
+        down: std::sync::atomic::AtomicBool,
+        /// Every request: (when, what, service ID or "").
+        requests: Mutex<Vec<(Instant, &'static str, String)>>,
+    }
+
+    impl FakeAgent {
+        fn answer(&self, what: &'static str, id: &str) -> Result<(), consul::Error> {
+            self.requests.lock().unwrap().push((Instant::now(), what, id.to_owned()));
+            if self.down.load(Ordering::Relaxed) {
+                return Err(status(StatusCode::SERVICE_UNAVAILABLE, "agent shutting down"));
+            }
+            Ok(())
+        }
+
+        fn count(&self, what: &str, id: &str, since: Instant) -> usize {
+            let requests = self.requests.lock().unwrap();
+            requests.iter().filter(|(at, w, i)| *at >= since && *w == what && (id.is_empty() || i == id)).count()
+        }
+
+        fn all_since(&self, since: Instant) -> usize {
+            self.requests.lock().unwrap().iter().filter(|(at, ..)| *at >= since).count()
+        }
+
+        fn holds(&self, id: &str) -> bool {
+            self.services.lock().unwrap().contains_key(id)
+        }
+    }
+
+    fn status(status: StatusCode, body: &str) -> consul::Error {
+        consul::Error::Status { method: Method::PUT, path: "/v1/agent".into(), status, body: body.into() }
+    }
+
+    impl Agent for FakeAgent {
+        async fn services(&self) -> Result<HashMap<String, AgentService>, consul::Error> {
+            self.answer("services", "")?;
+            Ok(self.services.lock().unwrap().clone())
+        }
+        async fn register(&self, reg: &Registration) -> Result<(), consul::Error> {
+            self.answer("register", &reg.id)?;
+            if self.refuse.lock().unwrap().as_deref() == Some(reg.name.as_str()) {
+                return Err(status(StatusCode::INTERNAL_SERVER_ERROR, "Scripts are disabled on this agent"));
+            }
+            self.services.lock().unwrap().insert(reg.id.clone(), AgentService::from(reg));
+            Ok(())
+        }
+        async fn deregister(&self, id: &str) -> Result<(), consul::Error> {
+            self.answer("deregister", id)?;
+            self.services.lock().unwrap().remove(id);
+            Ok(())
+        }
+        async fn update_ttl(&self, check_id: &str, _: &str, _: &str) -> Result<(), consul::Error> {
+            self.answer("ttl", check_id)
+        }
+    }
+
+    struct Harness {
+        registrar: Arc<Registrar<FakeDocker, FakeAgent>>,
+        tx: mpsc::UnboundedSender<Work>,
+        shutdown: CancellationToken,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    impl Harness {
+        fn start(containers: &[Container], opts: Options) -> Harness {
+            let docker = FakeDocker::default();
+            docker.containers.lock().unwrap().extend(containers.iter().map(|c| (c.id.clone(), c.clone())));
+            let rules = Rules { owner: "host1".into(), own_networks: vec![NET.into()], ..Rules::default() };
+            let registrar = Arc::new(Registrar::new(FakeAgent::default(), docker, rules));
+            let (tx, rx) = mpsc::unbounded_channel();
+            let shutdown = CancellationToken::new();
+            let task = tokio::spawn({
+                let (registrar, shutdown) = (registrar.clone(), shutdown.clone());
+                async move { drive(&registrar, rx, opts, &shutdown).await }
+            });
+            tx.send(Work::Connected).unwrap();
+            Harness { registrar, tx, shutdown, task }
+        }
+
+        fn agent(&self) -> &FakeAgent {
+            &self.registrar.agent
+        }
+
+        fn docker(&self) -> &FakeDocker {
+            &self.registrar.docker
+        }
+
+        fn event(&self, action: &str, id: &str) {
+            let attributes = HashMap::new();
+            self.tx.send(Work::Event { action: action.into(), id: id.into(), attributes }).unwrap();
+        }
+
+        async fn stop(self) {
+            self.shutdown.cancel();
+            self.task.await.unwrap();
+        }
+    }
+
+    const OPTS: Options =
+        Options { resync_every: Some(Duration::from_secs(30)), verify_every: Some(Duration::from_secs(2)) };
+
+    async fn settle() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_container_is_retried_on_its_own_with_backoff_and_others_are_served() {
+        let mut bad = container("bad", "bad");
+        bad.env.insert("SERVICE_CHECK_SCRIPT".into(), "/bin/check".into());
+        let h = Harness::start(&[bad, container("good", "good")], OPTS);
+        *h.agent().refuse.lock().unwrap() = Some("bad".into());
+        let t0 = Instant::now();
+        settle().await;
+        assert!(h.agent().holds("host1:good:80"));
+
+        // Ten minutes: the refused one is asked about rarely, nothing else piles up.
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        let minute = Instant::now();
+        tokio::time::sleep(Duration::from_secs(540)).await;
+        let after_first_minute = h.agent().count("register", "host1:bad:80", minute);
+        assert!(after_first_minute <= 2 * 9, "{after_first_minute} attempts in 9 minutes");
+        assert!(h.agent().count("register", "host1:bad:80", t0) >= 3, "it is retried");
+        assert_eq!(h.agent().count("register", "host1:good:80", t0), 1, "the good one once");
+        assert_eq!(h.registrar.metrics.refusals.get(), 1, "counted once");
+        assert_eq!(h.registrar.metrics.refused.get(), 1);
+        let health = h.registrar.health().expect("healthy");
+        assert!(health.contains("host1:bad:80") && health.contains("Scripts are disabled"), "{health}");
+
+        // A new container is served at once, refusal or not.
+        h.docker().containers.lock().unwrap().insert("new".into(), container("new", "new"));
+        h.event("start", "new");
+        settle().await;
+        assert!(h.agent().holds("host1:new:80"));
+        // Accepted once the agent allows it; the refusal is gone.
+        *h.agent().refuse.lock().unwrap() = None;
+        tokio::time::sleep(Duration::from_secs(61)).await;
+        assert!(h.agent().holds("host1:bad:80"));
+        assert_eq!(h.registrar.metrics.refused.get(), 0);
+        h.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_agent_down_for_a_minute_is_probed_with_growing_waits_and_caught_up_after() {
+        let h = Harness::start(&[container("a", "hello")], OPTS);
+        settle().await;
+        assert!(h.agent().holds("host1:a:80"));
+        h.agent().down.store(true, Ordering::Relaxed);
+        let t0 = Instant::now();
+        // Meanwhile a container comes: it waits.
+        h.docker().containers.lock().unwrap().insert("b".into(), container("b", "hello"));
+        h.event("start", "b");
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        let during = h.agent().all_since(t0);
+        assert!(during <= 12, "{during} requests to an agent down for a minute");
+        assert!(h.registrar.health().is_err_and(|why| why.contains("unreachable")));
+        assert_eq!(h.registrar.metrics.consul_up.get(), 0);
+
+        h.agent().down.store(false, Ordering::Relaxed);
+        let back = Instant::now();
+        // The waits are capped at 30 s: caught up within that.
+        while !h.agent().holds("host1:b:80") {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            assert!(back.elapsed() <= Duration::from_secs(31), "not caught up");
+        }
+        assert!(h.registrar.health().is_ok());
+        h.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_burst_of_events_is_one_round_with_one_inspect_per_container() {
+        let h = Harness::start(&[container("a", "hello")], OPTS);
+        settle().await;
+        let before = h.docker().inspects.load(Ordering::Relaxed);
+        let registers = h.agent().count("register", "", Instant::now() - Duration::from_secs(1));
+        for _ in 0..50 {
+            h.event("health_status", "a");
+            h.event("rename", "a");
+        }
+        settle().await;
+        assert_eq!(h.docker().inspects.load(Ordering::Relaxed) - before, 1);
+        let since = Instant::now() - Duration::from_secs(3600);
+        assert_eq!(h.agent().count("register", "", since), registers, "nothing changed, nothing sent");
+        h.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn verify_restores_what_the_agent_lost_without_asking_docker() {
+        let h = Harness::start(&[container("a", "hello")], OPTS);
+        settle().await;
+        let lists = h.docker().lists.load(Ordering::Relaxed);
+        h.agent().services.lock().unwrap().clear();
+        tokio::time::sleep(Duration::from_millis(2100)).await;
+        assert!(h.agent().holds("host1:a:80"), "back within one verify period");
+        assert_eq!(h.docker().lists.load(Ordering::Relaxed), lists, "Docker was not listed");
+        h.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn periodic_resync_finds_what_events_missed() {
+        let h = Harness::start(&[container("a", "hello")], OPTS);
+        settle().await;
+        // Gone without an event (the stream missed it).
+        h.docker().containers.lock().unwrap().clear();
+        tokio::time::sleep(Duration::from_secs(29)).await;
+        assert!(h.agent().holds("host1:a:80"));
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert!(!h.agent().holds("host1:a:80"));
+        h.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stop_signal_deregisters_before_docker_answers_an_inspect() {
+        let h = Harness::start(&[container("a", "hello")], OPTS);
+        settle().await;
+        let inspects = h.docker().inspects.load(Ordering::Relaxed);
+        let attributes = HashMap::from([("signal".to_owned(), "15".to_owned())]);
+        h.tx.send(Work::Event { action: "kill".into(), id: "a".into(), attributes }).unwrap();
+        settle().await;
+        assert!(!h.agent().holds("host1:a:80"));
+        assert_eq!(h.docker().inspects.load(Ordering::Relaxed), inspects);
+        h.stop().await;
     }
 }

@@ -1,0 +1,913 @@
+//! What registrator knows, as one owned value, and every decision it makes,
+//! as pure transitions: a Docker event or a look at a container changes what
+//! is *wanted*; a look at the Consul agent changes what is *held*; [`State::plan`]
+//! turns the difference into [`Op`]s, and [`State::on_outcome`] takes each
+//! op's [`Outcome`] back. No I/O and no clock of its own (every transition is
+//! given `now`), so the whole registrar is tested here without an engine or
+//! an agent; `registrar.rs` is the thin loop that does the I/O around it.
+//!
+//! Failures are remembered, never spun on: a registration Consul refuses is
+//! retried on its own with backoff (other services go on), an agent that does
+//! not answer is retried with growing backoff and probed once per attempt,
+//! and each change of either produces one [`Note`] for the log.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::Duration;
+
+use consul::{AgentService, Backoff, Registration};
+use tokio::time::Instant;
+
+use crate::container::Container;
+use crate::service::{self, OWNER_META, Rules};
+
+pub type ContainerId = String;
+pub type ServiceId = String;
+
+/// When a container that exits is deregistered (Go Registrator's `-deregister`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Deregister {
+    /// Whenever it stops.
+    #[default]
+    Always,
+    /// Only when it exits with code 0 or was asked to stop: a crashed
+    /// container stays registered (its checks tell) until it is removed.
+    OnSuccess,
+}
+
+/// A change to make at the Consul agent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    Register(Registration),
+    Deregister {
+        id: ServiceId,
+        name: String,
+    },
+    /// Sets the Docker-health checks of a registration Consul already holds
+    /// to Docker's verdict (after a full look, so a missed health event
+    /// cannot leave a stale verdict).
+    Refresh(Registration),
+}
+
+impl Op {
+    pub fn service_id(&self) -> &str {
+        match self {
+            Op::Register(r) | Op::Refresh(r) => &r.id,
+            Op::Deregister { id, .. } => id,
+        }
+    }
+}
+
+/// What became of an [`Op`] or a look at the agent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Done,
+    /// The agent answered and refused this request: retrying it at once
+    /// would be refused again. `forbidden`: an ACL refusal.
+    Refused {
+        reason: String,
+        forbidden: bool,
+    },
+    /// The agent did not answer (or is overloaded): nothing can be done
+    /// until it does.
+    Unreachable(String),
+}
+
+impl Outcome {
+    /// Sorts a Consul error: an answer about this request is a refusal of
+    /// it; no answer, or an answer about the agent's own state, is the
+    /// agent being unreachable.
+    pub fn of(result: Result<(), consul::Error>) -> Outcome {
+        match result {
+            Ok(()) => Outcome::Done,
+            Err(e) if e.is_refusal() => Outcome::Refused { forbidden: e.is_forbidden(), reason: e.to_string() },
+            Err(e) => Outcome::Unreachable(e.to_string()),
+        }
+    }
+}
+
+/// Something worth one log line: each is produced once per change, never
+/// once per attempt.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Note {
+    Registered(Registration),
+    Deregistered {
+        id: ServiceId,
+        name: String,
+        stale: bool,
+    },
+    /// A container asks for something that cannot be registered (or its
+    /// reasons changed); an empty list: its problems are gone.
+    Problems {
+        container: String,
+        id: ContainerId,
+        problems: Vec<String>,
+    },
+    /// Consul refused a registration or deregistration. `reminder`: it still
+    /// does (at most once a minute).
+    Refused {
+        id: ServiceId,
+        name: String,
+        reason: String,
+        forbidden: bool,
+        reminder: bool,
+    },
+    /// A refused service was finally accepted.
+    Accepted {
+        id: ServiceId,
+        name: String,
+    },
+    ConsulDown {
+        reason: String,
+    },
+    ConsulUp {
+        down_for: Duration,
+    },
+    /// The agent no longer holds services registered earlier (restarted?).
+    ConsulLost {
+        count: usize,
+    },
+    DockerDown {
+        reason: String,
+    },
+    DockerUp {
+        down_for: Duration,
+    },
+    /// Refusals of changes no longer needed were forgotten; `left` remain.
+    RefusalsDropped {
+        left: usize,
+    },
+    /// A crashed container's services stay registered (`-deregister on-success`).
+    Retained {
+        container: ContainerId,
+        exit_code: String,
+    },
+}
+
+/// What Consul holds under an ID of ours, as far as we know.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Held {
+    /// Exactly this, registered by this process.
+    Ours(Registration),
+    /// This, as the agent showed it (registered by an earlier run, or changed).
+    Seen(AgentService),
+}
+
+impl Held {
+    fn satisfies(&self, reg: &Registration) -> bool {
+        match self {
+            Held::Ours(r) => r == reg,
+            Held::Seen(s) => s.matches(reg),
+        }
+    }
+}
+
+/// A request Consul refused, waiting for its retry.
+#[derive(Clone, Debug)]
+struct Refusal {
+    op: Op,
+    reason: String,
+    forbidden: bool,
+    backoff: Backoff,
+    retry_at: Instant,
+    reminded_at: Instant,
+}
+
+/// Whether a dependency answers, and when to try it again if not.
+#[derive(Clone, Debug)]
+enum Link {
+    Up,
+    Down { since: Instant, reason: String, backoff: Backoff, retry_at: Instant },
+}
+
+impl Link {
+    /// Marks a failed attempt; `true` when this is news (it was up).
+    /// Several attempts that fail together count once.
+    fn fail(&mut self, reason: &str, now: Instant, base: Duration, max: Duration) -> bool {
+        match self {
+            Link::Up => {
+                let mut backoff = Backoff::new(base, max);
+                let retry_at = now + backoff.next_delay();
+                *self = Link::Down { since: now, reason: reason.to_owned(), backoff, retry_at };
+                true
+            }
+            Link::Down { backoff, retry_at, reason: why, .. } => {
+                if now >= *retry_at {
+                    *retry_at = now + backoff.next_delay();
+                    reason.clone_into(why);
+                }
+                false
+            }
+        }
+    }
+
+    fn reason(&self) -> Option<&str> {
+        match self {
+            Link::Up => None,
+            Link::Down { reason, .. } => Some(reason),
+        }
+    }
+
+    /// Marks a success; how long it was down, when that is news.
+    fn succeed(&mut self, now: Instant) -> Option<Duration> {
+        match std::mem::replace(self, Link::Up) {
+            Link::Up => None,
+            Link::Down { since, .. } => Some(now.saturating_duration_since(since)),
+        }
+    }
+
+    fn retry_at(&self) -> Option<Instant> {
+        match self {
+            Link::Up => None,
+            Link::Down { retry_at, .. } => Some(*retry_at),
+        }
+    }
+
+    fn may_try(&self, now: Instant) -> bool {
+        self.retry_at().is_none_or(|at| now >= at)
+    }
+}
+
+/// How refusals and outages are retried.
+#[derive(Clone, Copy, Debug)]
+pub struct Timing {
+    /// First and longest wait before a refused request is tried again.
+    pub refused_base: Duration,
+    pub refused_max: Duration,
+    /// A refusal that stands is logged again this often.
+    pub remind_every: Duration,
+    /// First and longest wait before an unreachable agent or engine is tried again.
+    pub down_base: Duration,
+    pub down_max: Duration,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Timing {
+            refused_base: Duration::from_secs(1),
+            refused_max: Duration::from_secs(60),
+            remind_every: Duration::from_secs(60),
+            down_base: Duration::from_millis(200),
+            down_max: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Everything registrator knows and wants.
+#[derive(Debug)]
+pub struct State {
+    rules: Rules,
+    deregister: Deregister,
+    timing: Timing,
+    /// The services each container asks for, from the last look at it.
+    wanted: HashMap<ContainerId, Vec<Registration>>,
+    /// Containers asked to stop: they want nothing until they start again.
+    stopping: BTreeSet<ContainerId>,
+    /// Crashed containers whose services stay (`-deregister on-success`).
+    retained: BTreeSet<ContainerId>,
+    /// Why the last look at each container could not register all it asked for.
+    problems: HashMap<ContainerId, Vec<String>>,
+    /// What the agent holds under IDs that carry our owner mark.
+    held: HashMap<ServiceId, Held>,
+    refused: BTreeMap<ServiceId, Refusal>,
+    consul: Link,
+    docker: Link,
+    /// Whether the agent has been looked at since start (nothing is removed before).
+    consul_seen: bool,
+    /// A look at Docker failed since the last full look.
+    docker_needs_look: bool,
+    notes: Vec<Note>,
+}
+
+impl State {
+    pub fn new(rules: Rules, deregister: Deregister, timing: Timing) -> State {
+        State {
+            rules,
+            deregister,
+            timing,
+            wanted: HashMap::new(),
+            stopping: BTreeSet::new(),
+            retained: BTreeSet::new(),
+            problems: HashMap::new(),
+            held: HashMap::new(),
+            refused: BTreeMap::new(),
+            consul: Link::Up,
+            docker: Link::Up,
+            consul_seen: false,
+            docker_needs_look: false,
+            notes: Vec::new(),
+        }
+    }
+
+    pub fn rules(&self) -> &Rules {
+        &self.rules
+    }
+
+    /// The log lines the transitions since the last call produced.
+    pub fn take_notes(&mut self) -> Vec<Note> {
+        std::mem::take(&mut self.notes)
+    }
+
+    /// Follows a Docker event; `true` when the container must be looked at
+    /// (inspected) to know what it wants now.
+    pub fn on_event(&mut self, action: &str, id: &str, attributes: &HashMap<String, String>) -> bool {
+        match action {
+            "start" | "unpause" | "restart" => {
+                self.stopping.remove(id);
+                self.retained.remove(id);
+                true
+            }
+            "kill" if attributes.get("signal").is_some_and(|s| is_stop_signal(s)) => {
+                // Out of the load balancer at once, while it drains; no
+                // inspect (Docker holds inspects while it stops a container).
+                self.stopping.insert(id.to_owned());
+                if !self.retained.contains(id) {
+                    self.wanted.remove(id);
+                }
+                false
+            }
+            "die"
+                if self.deregister == Deregister::OnSuccess
+                    && !self.stopping.contains(id)
+                    && attributes.get("exitCode").is_some_and(|code| code != "0") =>
+            {
+                if self.wanted.get(id).is_some_and(|w| !w.is_empty()) && self.retained.insert(id.to_owned()) {
+                    let exit_code = attributes.get("exitCode").cloned().unwrap_or_default();
+                    self.notes.push(Note::Retained { container: id.to_owned(), exit_code });
+                }
+                false
+            }
+            "die" => {
+                self.stopping.remove(id);
+                !self.retained.contains(id)
+            }
+            "destroy" => {
+                self.stopping.remove(id);
+                self.retained.remove(id);
+                self.wanted.remove(id);
+                self.problems.remove(id);
+                false
+            }
+            "stop" | "pause" | "rename" | "health_status" => !self.stopping.contains(id) && !self.retained.contains(id),
+            _ => false,
+        }
+    }
+
+    /// Takes a look at one container: `None` when it no longer exists.
+    pub fn on_inspected(&mut self, id: &str, container: Option<&Container>) {
+        if self.stopping.contains(id) || self.retained.contains(id) {
+            return;
+        }
+        match container {
+            Some(c) => self.want(c),
+            None => {
+                self.wanted.remove(id);
+                self.problems.remove(id);
+            }
+        }
+    }
+
+    /// Takes a look at every running container: anything not among them
+    /// (and not retained) wants nothing.
+    pub fn on_snapshot(&mut self, containers: &[Container]) {
+        self.docker_needs_look = false;
+        let running: BTreeSet<&str> = containers.iter().map(|c| c.id.as_str()).collect();
+        self.wanted.retain(|id, _| running.contains(id.as_str()) || self.retained.contains(id));
+        self.problems.retain(|id, _| running.contains(id.as_str()));
+        // A container asked to stop that is gone from the list has stopped.
+        self.stopping.retain(|id| running.contains(id.as_str()));
+        for c in containers {
+            self.on_inspected(&c.id, Some(c));
+        }
+    }
+
+    fn want(&mut self, c: &Container) {
+        let d = service::desired(c, &self.rules);
+        let before = self.problems.get(&c.id).map(Vec::as_slice).unwrap_or_default();
+        if before != d.problems.as_slice() {
+            self.notes.push(Note::Problems {
+                container: c.name.clone(),
+                id: c.id.clone(),
+                problems: d.problems.clone(),
+            });
+        }
+        if d.problems.is_empty() {
+            self.problems.remove(&c.id);
+        } else {
+            self.problems.insert(c.id.clone(), d.problems);
+        }
+        if d.services.is_empty() {
+            self.wanted.remove(&c.id);
+        } else {
+            self.wanted.insert(c.id.clone(), d.services);
+        }
+    }
+
+    /// A look at Docker failed.
+    pub fn on_docker_failed(&mut self, reason: String, now: Instant) {
+        self.docker_needs_look = true;
+        if self.docker.fail(&reason, now, self.timing.down_base, self.timing.down_max) {
+            self.notes.push(Note::DockerDown { reason });
+        }
+    }
+
+    /// A look at Docker worked.
+    pub fn on_docker_answered(&mut self, now: Instant) {
+        if let Some(down_for) = self.docker.succeed(now) {
+            self.notes.push(Note::DockerUp { down_for });
+        }
+    }
+
+    /// Whether every running container must be looked at (a look failed
+    /// since the last full one), and Docker may be asked now.
+    pub fn docker_look_due(&self, now: Instant) -> bool {
+        self.docker_needs_look && self.docker.may_try(now)
+    }
+
+    /// Whether Docker may be asked now (it answers, or its retry is due).
+    pub fn docker_may_try(&self, now: Instant) -> bool {
+        self.docker.may_try(now)
+    }
+
+    /// Takes a look at the agent's services (ours are those with our owner mark).
+    pub fn on_consul_services(&mut self, current: &HashMap<String, AgentService>, now: Instant) {
+        self.consul_answered(now);
+        self.consul_seen = true;
+        let owner = &self.rules.owner;
+        let mut lost = 0;
+        let mut held = HashMap::new();
+        for svc in current.values().filter(|s| s.meta.get(OWNER_META) == Some(owner)) {
+            let entry = match self.held.remove(&svc.id) {
+                Some(Held::Ours(reg)) if svc.matches(&reg) => Held::Ours(reg),
+                _ => Held::Seen(svc.clone()),
+            };
+            held.insert(svc.id.clone(), entry);
+        }
+        lost += self.held.values().filter(|h| matches!(h, Held::Ours(_))).count();
+        self.held = held;
+        if lost > 0 {
+            self.notes.push(Note::ConsulLost { count: lost });
+        }
+    }
+
+    /// A look at the agent failed before it answered.
+    pub fn on_consul_failed(&mut self, reason: String, now: Instant) {
+        if self.consul.fail(&reason, now, self.timing.down_base, self.timing.down_max) {
+            self.notes.push(Note::ConsulDown { reason });
+        }
+    }
+
+    fn consul_answered(&mut self, now: Instant) {
+        if let Some(down_for) = self.consul.succeed(now) {
+            self.notes.push(Note::ConsulUp { down_for });
+        }
+    }
+
+    /// Whether the agent may be asked now (it answers, or its retry is due).
+    pub fn consul_may_try(&self, now: Instant) -> bool {
+        self.consul.may_try(now)
+    }
+
+    /// Whether the agent was unreachable at the last attempt.
+    pub fn consul_down(&self) -> bool {
+        matches!(self.consul, Link::Down { .. })
+    }
+
+    /// Whether the agent must be looked at before planning: at start, and
+    /// whenever it was unreachable (a probe, one request, before any op).
+    pub fn consul_needs_look(&self) -> bool {
+        !self.consul_seen || self.consul_down()
+    }
+
+    /// The changes that make the agent hold what is wanted, each at most
+    /// once, skipping refused ones whose retry is not due. `refresh`: also
+    /// set Docker-health checks of what is already held.
+    pub fn plan(&self, now: Instant, refresh: bool) -> Vec<Op> {
+        if !self.consul_seen || self.consul_down() {
+            return Vec::new();
+        }
+        let waiting = |op: &Op| self.refused.get(op.service_id()).is_some_and(|r| &r.op == op && now < r.retry_at);
+        self.needed(refresh).into_iter().filter(|op| !waiting(op)).collect()
+    }
+
+    /// Every change the agent needs, refused or not.
+    fn needed(&self, refresh: bool) -> Vec<Op> {
+        let mut ops = Vec::new();
+        let mut wanted_ids = BTreeSet::new();
+        let mut wanted: Vec<&Registration> = self.wanted.values().flatten().collect();
+        wanted.sort_by(|a, b| a.id.cmp(&b.id));
+        for reg in wanted {
+            if !wanted_ids.insert(reg.id.as_str()) {
+                continue; // two containers claim one ID (SERVICE_ID): one is registered
+            }
+            match self.held.get(&reg.id) {
+                Some(h) if h.satisfies(reg) => {
+                    let docker_health =
+                        reg.checks.iter().any(|c| c.check_id.as_deref().is_some_and(service::is_docker_health));
+                    if refresh && docker_health {
+                        ops.push(Op::Refresh(reg.clone()));
+                    }
+                }
+                _ => ops.push(Op::Register(reg.clone())),
+            }
+        }
+        let mut stale: Vec<(&ServiceId, &Held)> =
+            self.held.iter().filter(|(id, _)| !wanted_ids.contains(id.as_str())).collect();
+        stale.sort_by(|a, b| a.0.cmp(b.0));
+        for (id, held) in stale {
+            let name = match held {
+                Held::Ours(r) => r.name.clone(),
+                Held::Seen(s) => s.service.clone(),
+            };
+            ops.push(Op::Deregister { id: id.clone(), name });
+        }
+        ops
+    }
+
+    /// Forgets refusals of changes no longer needed (the container changed
+    /// or left, or someone fixed it at the agent), so nothing waits for them.
+    pub fn prune_refused(&mut self) {
+        let needed = self.needed(true);
+        let before = self.refused.len();
+        self.refused.retain(|id, r| needed.iter().any(|op| op.service_id() == id && *op == r.op));
+        if self.refused.len() != before {
+            self.notes.push(Note::RefusalsDropped { left: self.refused.len() });
+        }
+    }
+
+    /// Takes the outcome of an op from [`State::plan`].
+    pub fn on_outcome(&mut self, op: &Op, outcome: Outcome, now: Instant) {
+        let id = op.service_id().to_owned();
+        match outcome {
+            Outcome::Done => {
+                self.consul_answered(now);
+                match op {
+                    Op::Register(reg) => {
+                        self.held.insert(id.clone(), Held::Ours(reg.clone()));
+                        self.notes.push(Note::Registered(reg.clone()));
+                    }
+                    Op::Refresh(_) => {}
+                    Op::Deregister { name, .. } => {
+                        let stale = !matches!(self.held.get(&id), Some(Held::Ours(_)));
+                        self.held.remove(&id);
+                        self.notes.push(Note::Deregistered { id: id.clone(), name: name.clone(), stale });
+                    }
+                }
+                if let Some(r) = self.refused.remove(&id) {
+                    self.notes.push(Note::Accepted { id, name: op_name(&r.op) });
+                }
+            }
+            Outcome::Refused { reason, forbidden } => {
+                self.consul_answered(now);
+                let timing = self.timing;
+                let name = op_name(op);
+                match self.refused.get_mut(&id) {
+                    Some(r) if &r.op == op => {
+                        r.retry_at = now + r.backoff.next_delay();
+                        let changed = r.reason != reason;
+                        let remind = now.saturating_duration_since(r.reminded_at) >= timing.remind_every;
+                        if changed || remind {
+                            r.reminded_at = now;
+                            r.reason = reason.clone();
+                            r.forbidden = forbidden;
+                            self.notes.push(Note::Refused { id, name, reason, forbidden, reminder: !changed });
+                        }
+                    }
+                    _ => {
+                        let mut backoff = Backoff::new(timing.refused_base, timing.refused_max);
+                        let retry_at = now + backoff.next_delay();
+                        let refusal = Refusal {
+                            op: op.clone(),
+                            reason: reason.clone(),
+                            forbidden,
+                            backoff,
+                            retry_at,
+                            reminded_at: now,
+                        };
+                        self.refused.insert(id.clone(), refusal);
+                        self.notes.push(Note::Refused { id, name, reason, forbidden, reminder: false });
+                    }
+                }
+            }
+            Outcome::Unreachable(reason) => self.on_consul_failed(reason, now),
+        }
+    }
+
+    /// The earliest time something is due again (a refused op or an
+    /// unreachable dependency), if anything waits.
+    pub fn next_retry(&self) -> Option<Instant> {
+        // Refused ops wait while the agent is down: its probe comes first.
+        let refused = self.refused.values().map(|r| r.retry_at).filter(|_| !self.consul_down());
+        let docker = self.docker.retry_at().filter(|_| self.docker_needs_look);
+        refused.chain(self.consul.retry_at()).chain(docker).min()
+    }
+
+    /// Services Consul refuses now, with the reason: for `/health` and `/metrics`.
+    pub fn refusals(&self) -> Vec<(ServiceId, String)> {
+        self.refused.iter().map(|(id, r)| (id.clone(), r.reason.clone())).collect()
+    }
+
+    /// How many services the agent holds for us.
+    pub fn held_count(&self) -> usize {
+        self.held.len()
+    }
+
+    /// Why registrator is not working now, if it is not: an unreachable
+    /// agent or engine, or an ACL refusal (the token is missing or lacks
+    /// permission; nothing else will be registered either).
+    pub fn unhealthy(&self) -> Option<String> {
+        if let Some(why) = self.consul.reason() {
+            return Some(format!("Consul agent unreachable: {why}"));
+        }
+        if let Some(why) = self.docker.reason() {
+            return Some(format!("Docker engine unreachable: {why}"));
+        }
+        self.refused.values().find(|r| r.forbidden).map(|r| format!("Consul refuses the ACL token: {}", r.reason))
+    }
+}
+
+fn op_name(op: &Op) -> String {
+    match op {
+        Op::Register(r) | Op::Refresh(r) => r.name.clone(),
+        Op::Deregister { name, .. } => name.clone(),
+    }
+}
+
+/// SIGTERM, SIGKILL, SIGINT and SIGQUIT ask a container to go away.
+fn is_stop_signal(signal: &str) -> bool {
+    matches!(signal, "15" | "9" | "2" | "3" | "SIGTERM" | "SIGKILL" | "SIGINT" | "SIGQUIT")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::service::CONTAINER_META;
+
+    use crate::testing::{NET, container};
+
+    fn rules() -> Rules {
+        Rules { owner: "host1".into(), own_networks: vec![NET.into()], ..Rules::default() }
+    }
+
+    fn state() -> State {
+        State::new(rules(), Deregister::Always, Timing::default())
+    }
+
+    fn agent_service(reg: &Registration) -> AgentService {
+        AgentService::from(reg)
+    }
+
+    fn registers(ops: &[Op]) -> Vec<&str> {
+        ops.iter().filter_map(|op| if let Op::Register(r) = op { Some(r.id.as_str()) } else { None }).collect()
+    }
+
+    fn deregisters(ops: &[Op]) -> Vec<&str> {
+        ops.iter().filter_map(|op| if let Op::Deregister { id, .. } = op { Some(id.as_str()) } else { None }).collect()
+    }
+
+    /// Carries out every planned op successfully.
+    fn apply_all(s: &mut State, now: Instant) -> Vec<Op> {
+        let ops = s.plan(now, false);
+        for op in &ops {
+            s.on_outcome(op, Outcome::Done, now);
+        }
+        ops
+    }
+
+    fn ready(now: Instant, containers: &[Container]) -> State {
+        let mut s = state();
+        s.on_snapshot(containers);
+        s.on_consul_services(&HashMap::new(), now);
+        s
+    }
+
+    #[test]
+    fn nothing_is_planned_before_the_agent_was_looked_at() {
+        let now = Instant::now();
+        let mut s = state();
+        s.on_snapshot(&[container("a", "hello")]);
+        assert!(s.plan(now, false).is_empty());
+        assert!(s.consul_needs_look());
+        s.on_consul_services(&HashMap::new(), now);
+        assert_eq!(registers(&s.plan(now, false)), ["host1:a:80"]);
+    }
+
+    #[test]
+    fn a_registration_done_is_not_planned_again_and_is_noted_once() {
+        let now = Instant::now();
+        let mut s = ready(now, &[container("a", "hello")]);
+        assert_eq!(apply_all(&mut s, now).len(), 1);
+        assert!(s.plan(now, false).is_empty());
+        let notes = s.take_notes();
+        assert!(matches!(&notes[..], [Note::Registered(r)] if r.name == "hello"), "{notes:?}");
+    }
+
+    #[test]
+    fn what_an_earlier_run_registered_is_kept_when_it_matches_and_removed_when_not_wanted() {
+        let now = Instant::now();
+        let a = container("a", "hello");
+        let reg = service::desired(&a, &rules()).services.remove(0);
+        let mut stale = agent_service(&reg);
+        stale.id = "host1:gone:80".into();
+        stale.meta.insert(CONTAINER_META.into(), "gone".into());
+        let mut theirs = stale.clone();
+        theirs.id = "host2:x:80".into();
+        theirs.meta.insert(OWNER_META.into(), "host2".into());
+        let current: HashMap<_, _> =
+            [agent_service(&reg), stale, theirs].into_iter().map(|s| (s.id.clone(), s)).collect();
+        let mut s = state();
+        s.on_snapshot(&[a]);
+        s.on_consul_services(&current, now);
+        let ops = s.plan(now, false);
+        assert_eq!(registers(&ops), Vec::<&str>::new());
+        assert_eq!(deregisters(&ops), ["host1:gone:80"], "only our own stale service goes");
+    }
+
+    #[test]
+    fn a_stop_signal_deregisters_without_an_inspect_until_the_container_starts_again() {
+        let now = Instant::now();
+        let mut s = ready(now, &[container("a", "hello")]);
+        apply_all(&mut s, now);
+        let term = HashMap::from([("signal".to_owned(), "15".to_owned())]);
+        assert!(!s.on_event("kill", "a", &term), "no inspect while Docker stops it");
+        assert_eq!(deregisters(&s.plan(now, false)), ["host1:a:80"]);
+        apply_all(&mut s, now);
+        // Events while it stops change nothing, and a full look does not bring it back.
+        assert!(!s.on_event("stop", "a", &HashMap::new()));
+        s.on_snapshot(&[container("a", "hello")]);
+        assert!(s.plan(now, false).is_empty());
+        assert!(s.on_event("die", "a", &HashMap::new()));
+        assert!(s.on_event("start", "a", &HashMap::new()));
+        s.on_inspected("a", Some(&container("a", "hello")));
+        assert_eq!(registers(&s.plan(now, false)), ["host1:a:80"]);
+    }
+
+    #[test]
+    fn a_kill_that_is_not_a_stop_signal_changes_nothing() {
+        let now = Instant::now();
+        let mut s = ready(now, &[container("a", "hello")]);
+        apply_all(&mut s, now);
+        let hup = HashMap::from([("signal".to_owned(), "1".to_owned())]);
+        assert!(!s.on_event("kill", "a", &hup));
+        assert!(s.plan(now, false).is_empty());
+    }
+
+    #[test]
+    fn on_success_keeps_a_crashed_container_until_it_is_destroyed() {
+        let now = Instant::now();
+        let mut s = State::new(rules(), Deregister::OnSuccess, Timing::default());
+        s.on_snapshot(&[container("a", "hello"), container("b", "ok")]);
+        s.on_consul_services(&HashMap::new(), now);
+        apply_all(&mut s, now);
+        let crashed = HashMap::from([("exitCode".to_owned(), "3".to_owned())]);
+        let clean = HashMap::from([("exitCode".to_owned(), "0".to_owned())]);
+        assert!(!s.on_event("die", "a", &crashed));
+        assert!(s.on_event("die", "b", &clean));
+        s.on_inspected("b", None);
+        s.on_snapshot(&[]);
+        assert_eq!(deregisters(&s.plan(now, false)), ["host1:b:80"], "the crashed one stays");
+        apply_all(&mut s, now);
+        assert!(!s.on_event("destroy", "a", &HashMap::new()));
+        assert_eq!(deregisters(&s.plan(now, false)), ["host1:a:80"]);
+        assert!(s.take_notes().iter().any(|n| matches!(n, Note::Retained { container, .. } if container == "a")));
+    }
+
+    #[test]
+    fn a_refused_registration_waits_for_its_retry_and_others_go_on() {
+        let t0 = Instant::now();
+        let mut s = ready(t0, &[container("a", "hello"), container("b", "other")]);
+        let ops = s.plan(t0, false);
+        assert_eq!(ops.len(), 2);
+        let refused = Outcome::Refused { reason: "Invalid check".into(), forbidden: false };
+        s.on_outcome(&ops[0], refused.clone(), t0);
+        s.on_outcome(&ops[1], Outcome::Done, t0);
+        assert!(s.plan(t0, false).is_empty(), "not again at once");
+        assert!(s.plan(t0, true).is_empty(), "not on a full look either");
+        let retry = s.next_retry().expect("a retry is due later");
+        assert!(retry > t0 && retry <= t0 + Timing::default().refused_base);
+        assert_eq!(registers(&s.plan(retry, false)), ["host1:a:80"]);
+        assert_eq!(s.refusals().len(), 1);
+        assert_eq!(s.unhealthy(), None, "one refused service is not an unhealthy registrator");
+
+        // Retried for ten minutes: one log line, then a reminder a minute at most.
+        let mut now = retry;
+        let mut tries = 0;
+        let mut tries_after_first_minute = 0;
+        while now < t0 + Duration::from_secs(600) {
+            for op in s.plan(now, false) {
+                tries += 1;
+                if now > t0 + Duration::from_secs(120) {
+                    tries_after_first_minute += 1;
+                }
+                s.on_outcome(&op, refused.clone(), now);
+            }
+            now = s.next_retry().unwrap();
+        }
+        let notes = s.take_notes();
+        let refusals: Vec<_> = notes.iter().filter(|n| matches!(n, Note::Refused { .. })).collect();
+        let first = refusals.iter().filter(|n| matches!(n, Note::Refused { reminder: false, .. })).count();
+        assert_eq!(first, 1, "{refusals:?}");
+        assert!(refusals.len() <= 11, "at most one reminder a minute: {}", refusals.len());
+        // After the first minute the backoff is 30–60 s: at most 2 a minute.
+        assert!(tries_after_first_minute <= 2 * 8 + 1, "{tries_after_first_minute} tries in 8 minutes");
+        assert!(tries < 40, "{tries}");
+
+        // A changed request is news: tried at once, logged once.
+        let mut changed = container("a", "hello");
+        changed.env.insert("SERVICE_TAGS".into(), "v2".into());
+        s.on_inspected("a", Some(&changed));
+        assert_eq!(registers(&s.plan(now, false)), ["host1:a:80"]);
+    }
+
+    #[test]
+    fn a_refusal_is_forgotten_when_the_container_leaves() {
+        let now = Instant::now();
+        let mut s = ready(now, &[container("a", "hello")]);
+        let ops = s.plan(now, false);
+        s.on_outcome(&ops[0], Outcome::Refused { reason: "no".into(), forbidden: false }, now);
+        assert!(s.next_retry().is_some());
+        assert!(!s.on_event("destroy", "a", &HashMap::new()));
+        s.prune_refused();
+        assert_eq!(s.next_retry(), None, "nothing waits for a container that is gone");
+        assert!(s.refusals().is_empty());
+    }
+
+    #[test]
+    fn an_acl_refusal_makes_registrator_unhealthy() {
+        let now = Instant::now();
+        let mut s = ready(now, &[container("a", "hello")]);
+        let ops = s.plan(now, false);
+        s.on_outcome(&ops[0], Outcome::Refused { reason: "403 Permission denied".into(), forbidden: true }, now);
+        assert!(s.unhealthy().is_some_and(|why| why.contains("ACL") && why.contains("403")));
+    }
+
+    #[test]
+    fn an_unreachable_agent_is_one_note_down_and_one_up_and_is_probed_on_backoff() {
+        let t0 = Instant::now();
+        let mut s = ready(t0, &[container("a", "hello"), container("b", "other")]);
+        let ops = s.plan(t0, false);
+        for op in &ops {
+            s.on_outcome(op, Outcome::Unreachable("connection refused".into()), t0);
+        }
+        assert!(s.consul_down() && s.consul_needs_look());
+        assert!(s.plan(t0, false).is_empty(), "nothing is sent to an agent that does not answer");
+        assert!(!s.consul_may_try(t0));
+        assert!(s.unhealthy().is_some_and(|why| why.contains("unreachable")));
+        // Probed for a minute: the waits grow.
+        let mut now = t0;
+        let mut probes = 0;
+        let mut last_wait = Duration::ZERO;
+        while now < t0 + Duration::from_secs(60) {
+            now = s.next_retry().unwrap();
+            assert!(s.consul_may_try(now));
+            s.on_consul_failed("connection refused".into(), now);
+            let wait = s.next_retry().unwrap() - now;
+            assert!(wait >= last_wait / 2, "{wait:?} after {last_wait:?}");
+            last_wait = wait;
+            probes += 1;
+        }
+        assert!(probes <= 12, "{probes} probes in a minute");
+        assert!(last_wait >= Duration::from_secs(15), "{last_wait:?}");
+        s.on_consul_services(&HashMap::new(), now);
+        assert_eq!(registers(&s.plan(now, false)).len(), 2);
+        let notes = s.take_notes();
+        let down = notes.iter().filter(|n| matches!(n, Note::ConsulDown { .. })).count();
+        let up = notes.iter().filter(|n| matches!(n, Note::ConsulUp { .. })).count();
+        assert_eq!((down, up), (1, 1), "{notes:?}");
+    }
+
+    #[test]
+    fn an_agent_that_lost_our_services_gets_them_again() {
+        let now = Instant::now();
+        let mut s = ready(now, &[container("a", "hello")]);
+        apply_all(&mut s, now);
+        s.on_consul_services(&HashMap::new(), now);
+        assert_eq!(registers(&s.plan(now, false)), ["host1:a:80"]);
+        assert!(s.take_notes().iter().any(|n| matches!(n, Note::ConsulLost { count: 1 })));
+    }
+
+    #[test]
+    fn problems_are_noted_once_per_change() {
+        let now = Instant::now();
+        let mut bad = container("a", "hello");
+        bad.env.insert("SERVICE_CHECK_INTERVAL".into(), "soon".into());
+        bad.env.insert("SERVICE_CHECK_HTTP".into(), "/".into());
+        let mut s = ready(now, std::slice::from_ref(&bad));
+        s.on_snapshot(std::slice::from_ref(&bad));
+        s.on_inspected("a", Some(&bad));
+        let notes = s.take_notes();
+        assert_eq!(notes.iter().filter(|n| matches!(n, Note::Problems { .. })).count(), 1, "{notes:?}");
+        s.on_inspected("a", Some(&container("a", "hello")));
+        assert!(matches!(&s.take_notes()[..], [Note::Problems { problems, .. }] if problems.is_empty()));
+    }
+
+    #[test]
+    fn refresh_sets_docker_health_of_what_is_held() {
+        let now = Instant::now();
+        let mut c = container("a", "hello");
+        c.health = Some("healthy".into());
+        let mut s = ready(now, std::slice::from_ref(&c));
+        apply_all(&mut s, now);
+        assert!(s.plan(now, false).is_empty());
+        assert!(matches!(&s.plan(now, true)[..], [Op::Refresh(r)] if r.id == "host1:a:80"));
+    }
+}
