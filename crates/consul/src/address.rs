@@ -54,10 +54,10 @@ pub fn parse(addr: &str) -> Result<Endpoint, Error> {
         Some((other, _)) => return Err(bad(&format!("unknown scheme {other:?}"))),
         None => ("http", addr_trimmed),
     };
-    let rest = rest.trim_end_matches('/');
-    if rest.is_empty() || rest.contains('/') {
-        return Err(bad("expected host:port"));
-    }
+    // As in Go Registrator: a path is ignored, and no address at all
+    // (`consul://`) is the local agent's default.
+    let rest = rest.split('/').next().unwrap_or_default();
+    let rest = if rest.is_empty() { "127.0.0.1:8500" } else { rest };
     let mut url = Url::parse(&format!("{scheme}://{rest}/")).map_err(|e| bad(&e.to_string()))?;
     if url.host_str().is_none_or(str::is_empty) {
         return Err(bad("missing host"));
@@ -89,6 +89,12 @@ mod tests {
     }
 
     #[test]
+    fn go_registrator_forms_without_an_address_or_with_a_path_work_as_there() {
+        assert_eq!(parse("consul://").unwrap().url.as_str(), "http://127.0.0.1:8500/");
+        assert_eq!(parse("consul://host:8500/ignored/path").unwrap().url.as_str(), "http://host:8500/");
+    }
+
+    #[test]
     fn consul_http_addr_forms_are_accepted() {
         assert_eq!(parse("127.0.0.1:8500").unwrap().url.as_str(), "http://127.0.0.1:8500/");
         assert_eq!(parse("https://[::1]:8501/").unwrap().url.as_str(), "https://[::1]:8501/");
@@ -102,7 +108,6 @@ mod tests {
         assert!(err.contains("absolute socket path"), "{err}");
         assert!(parse("ftp://x:1").unwrap_err().to_string().contains("unknown scheme"));
         assert!(parse("").is_err());
-        assert!(parse("consul://host:8500/v1").is_err());
         assert!(parse("consul://host:notaport").is_err());
     }
 }

@@ -114,18 +114,17 @@ impl Client {
 
     /// The name of the node the agent runs on.
     pub async fn node_name(&self) -> Result<String, Error> {
-        #[derive(serde::Deserialize)]
-        struct SelfInfo {
-            #[serde(rename = "Config")]
-            config: SelfConfig,
-        }
-        #[derive(serde::Deserialize)]
-        struct SelfConfig {
-            #[serde(rename = "NodeName")]
-            node_name: String,
-        }
-        let info: SelfInfo = self.json(self.request(Method::GET, "v1/agent/self")).await?;
-        Ok(info.config.node_name)
+        Ok(self.agent_self().await?.config.node_name)
+    }
+
+    /// The address the agent gossips on (`Member.Addr`): its host's address
+    /// as the rest of the cluster sees it.
+    pub async fn agent_address(&self) -> Result<Option<std::net::IpAddr>, Error> {
+        Ok(self.agent_self().await?.member.and_then(|m| m.addr.parse().ok()))
+    }
+
+    async fn agent_self(&self) -> Result<AgentSelf, Error> {
+        self.json(self.request(Method::GET, "v1/agent/self")).await
     }
 
     /// Services registered with this agent, by ID.
@@ -231,6 +230,26 @@ impl Client {
 
 fn read(path: &std::path::Path, what: &'static str) -> Result<Vec<u8>, Error> {
     std::fs::read(path).map_err(|source| Error::File { what, path: path.display().to_string(), source })
+}
+
+#[derive(serde::Deserialize)]
+struct AgentSelf {
+    #[serde(rename = "Config")]
+    config: SelfConfig,
+    #[serde(rename = "Member")]
+    member: Option<SelfMember>,
+}
+
+#[derive(serde::Deserialize)]
+struct SelfConfig {
+    #[serde(rename = "NodeName")]
+    node_name: String,
+}
+
+#[derive(serde::Deserialize)]
+struct SelfMember {
+    #[serde(rename = "Addr", default)]
+    addr: String,
 }
 
 /// Percent-encodes one path segment (service IDs may hold `:` or `/`).

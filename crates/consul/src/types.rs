@@ -35,6 +35,14 @@ pub struct Check {
     pub notes: Option<String>,
     #[serde(rename = "HTTP", skip_serializing_if = "Option::is_none")]
     pub http: Option<String>,
+    /// HTTP method of an HTTP check (Consul's default: GET).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    /// `host:port` of a gRPC health check.
+    #[serde(rename = "GRPC", skip_serializing_if = "Option::is_none")]
+    pub grpc: Option<String>,
+    #[serde(rename = "GRPCUseTLS", skip_serializing_if = "std::ops::Not::not", default)]
+    pub grpc_use_tls: bool,
     #[serde(rename = "TCP", skip_serializing_if = "Option::is_none")]
     pub tcp: Option<String>,
     #[serde(rename = "TTL", skip_serializing_if = "Option::is_none")]

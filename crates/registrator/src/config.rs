@@ -20,9 +20,10 @@ pub struct Args {
     /// Host address to register for published ports.
     #[arg(long, value_name = "IP")]
     pub ip: Option<IpAddr>,
-    /// Tags added to every service (comma-separated).
-    #[arg(long, value_delimiter = ',')]
-    pub tags: Vec<String>,
+    /// Tags added to every service: comma-separated (\, for a comma), or a
+    /// Go template over the container, e.g. '{{.Config.Hostname}},blue'.
+    #[arg(long)]
+    pub tags: Option<String>,
     /// Seconds between full resyncs with Docker and Consul (0: only at start and on reconnect).
     #[arg(long, default_value_t = 30, value_name = "SECONDS")]
     pub resync: u64,
@@ -53,8 +54,15 @@ pub struct Args {
     #[arg(long, default_value_t = -1, allow_negative_numbers = true, value_name = "N")]
     pub retry_attempts: i64,
     /// Milliseconds between those attempts.
-    #[arg(long, default_value_t = 2000, value_name = "MS")]
+    #[arg(long, default_value_t = 2000, value_name = "MS", value_parser = clap::value_parser!(u64).range(1..))]
     pub retry_interval: u64,
+    /// Go Registrator's TTL for backends that expire services; Consul does
+    /// not use it (as in Go Registrator). Accepted and ignored.
+    #[arg(long, value_name = "SECONDS")]
+    pub ttl: Option<u64>,
+    /// Refresh interval for -ttl; accepted and ignored, as -ttl.
+    #[arg(long = "ttl-refresh", value_name = "SECONDS", requires = "ttl")]
+    pub ttl_refresh: Option<u64>,
     /// Seconds between checks that Consul still holds every registered
     /// service, e.g. after an agent restart (0: never).
     #[arg(long, default_value_t = 2, value_name = "SECONDS")]
@@ -91,7 +99,20 @@ mod tests {
         let args = Args::parse_from(ops::go_style_args(&cmd, argv));
         assert!(args.internal);
         assert_eq!(args.resync, 5);
-        assert_eq!(args.tags, ["a", "b"]);
+        assert_eq!(args.tags.as_deref(), Some("a,b"));
         assert_eq!(args.consul.settings().unwrap().base_url().as_str(), "http://consul:8500/");
+    }
+
+    #[test]
+    fn go_registrator_flags_that_change_nothing_with_consul_are_accepted() {
+        let cmd = <Args as clap::CommandFactory>::command();
+        let argv = ["registrator", "-ttl=30", "-ttl-refresh=10", "consul://consul:8500"].map(String::from);
+        let args = Args::try_parse_from(ops::go_style_args(&cmd, argv)).unwrap();
+        assert_eq!((args.ttl, args.ttl_refresh), (Some(30), Some(10)));
+        let zero = ["registrator", "-retry-interval=0"].map(String::from);
+        assert!(Args::try_parse_from(ops::go_style_args(&cmd, zero)).is_err(), "a zero interval would spin");
+        let tags = ["registrator", r"-tags={{.Config.Hostname}},a\,b"].map(String::from);
+        let args = Args::try_parse_from(ops::go_style_args(&cmd, tags)).unwrap();
+        assert_eq!(args.tags.as_deref(), Some(r"{{.Config.Hostname}},a\,b"), "kept whole for the template");
     }
 }

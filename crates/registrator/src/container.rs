@@ -10,8 +10,15 @@ pub struct Container {
     pub id: String,
     /// Name without Docker's leading `/`.
     pub name: String,
+    /// The image as the container was created from it (`Config.Image`).
     pub image: String,
+    /// The image's ID (`Image` in `docker inspect`).
+    pub image_id: String,
+    /// `Config.Hostname`.
+    pub hostname: String,
     pub running: bool,
+    /// The exit code of its last run, once it stopped.
+    pub exit_code: Option<i64>,
     /// `SERVICE_*` settings: environment first, labels override.
     pub env: BTreeMap<String, String>,
     pub labels: BTreeMap<String, String>,
@@ -21,6 +28,11 @@ pub struct Container {
     pub published: BTreeMap<Port, Vec<HostBinding>>,
     /// Address on each network the container is attached to, by name.
     pub networks: BTreeMap<String, NetworkAddress>,
+    /// Runs in the host's network namespace (`--net=host`): its ports are the host's.
+    pub host_network: bool,
+    /// Shares the network namespace of this container (`--net=container:<id>`,
+    /// a pod); its networks and published ports are that container's.
+    pub network_container: Option<String>,
     /// Docker's health status where the image or compose defines a healthcheck.
     pub health: Option<String>,
 }
@@ -54,6 +66,8 @@ pub struct HostBinding {
 pub struct NetworkAddress {
     pub ipv4: Option<IpAddr>,
     pub ipv6: Option<IpAddr>,
+    /// The network's gateway: the Docker host's address on that network.
+    pub gateway: Option<IpAddr>,
 }
 
 impl NetworkAddress {
@@ -66,17 +80,6 @@ impl Container {
     /// A setting by key: a label wins over an environment variable.
     pub fn setting(&self, key: &str) -> Option<&str> {
         self.labels.get(key).or_else(|| self.env.get(key)).map(String::as_str)
-    }
-
-    /// All `SERVICE_*` keys from the environment and labels (labels win).
-    pub fn service_settings(&self) -> BTreeMap<&str, &str> {
-        let mut all = BTreeMap::new();
-        for (k, v) in self.env.iter().chain(self.labels.iter()) {
-            if k.starts_with("SERVICE_") {
-                all.insert(k.as_str(), v.as_str());
-            }
-        }
-        all
     }
 }
 
@@ -107,6 +110,5 @@ mod tests {
             ..Container::default()
         };
         assert_eq!(c.setting("SERVICE_NAME"), Some("label"));
-        assert_eq!(c.service_settings().len(), 1);
     }
 }

@@ -11,6 +11,10 @@ use futures_util::Stream;
 
 use crate::container::{Container, HostBinding, NetworkAddress, Port, parse_env};
 
+/// Where the Docker socket is looked for without `DOCKER_HOST`: Docker's
+/// default, then Go Registrator's (`-v /var/run/docker.sock:/tmp/docker.sock`).
+pub const SOCKETS: [&str; 2] = ["/var/run/docker.sock", "/tmp/docker.sock"];
+
 /// A connection to one Docker engine.
 #[derive(Clone, Debug)]
 pub struct Engine {
@@ -18,10 +22,16 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Connects as the Docker CLI does: `DOCKER_HOST`, else the local socket.
-    /// Requests are unversioned, so any engine since API 1.24 answers.
+    /// Connects as the Docker CLI does: `DOCKER_HOST`, else the local
+    /// socket, which is looked for where Docker puts it and where Go
+    /// Registrator's documentation mounts it ([`SOCKETS`]). Fails while no
+    /// socket is there.
     pub fn connect() -> Result<Self, DockerError> {
-        Ok(Self { docker: Docker::connect_with_defaults()? })
+        if std::env::var("DOCKER_HOST").is_ok_and(|h| !h.trim().is_empty()) {
+            return Ok(Self { docker: Docker::connect_with_defaults()? });
+        }
+        let path = SOCKETS.iter().find(|p| std::path::Path::new(p).exists()).unwrap_or(&SOCKETS[0]);
+        Ok(Self { docker: Docker::connect_with_unix(path, 120, bollard::API_DEFAULT_VERSION)? })
     }
 
     /// The engine's host name: the default owner of what we register.
@@ -36,8 +46,22 @@ impl Engine {
         Ok(list.into_iter().filter_map(|c| c.id).collect())
     }
 
-    /// One container, or `None` when it no longer exists.
+    /// One container, or `None` when it no longer exists. A container in
+    /// another's network namespace (`--net=container:<id>`) gets that one's
+    /// networks and published ports, where its services are reached.
     pub async fn inspect(&self, id: &str) -> Result<Option<Container>, DockerError> {
+        let Some(mut c) = self.inspect_one(id).await? else { return Ok(None) };
+        if let Some(owner) = c.network_container.clone() {
+            if let Some(net) = self.inspect_one(&owner).await? {
+                c.networks = net.networks;
+                c.published = net.published;
+                c.host_network = net.host_network;
+            }
+        }
+        Ok(Some(c))
+    }
+
+    async fn inspect_one(&self, id: &str) -> Result<Option<Container>, DockerError> {
         match self.docker.inspect_container(id, None).await {
             Ok(c) => Ok(Some(convert(c))),
             Err(DockerError::DockerResponseServerError { status_code: 404, .. }) => Ok(None),
@@ -79,6 +103,9 @@ fn convert(c: ContainerInspectResponse) -> Container {
     ports.sort();
     ports.dedup();
 
+    let mode = c.host_config.and_then(|h| h.network_mode).unwrap_or_default();
+    let host_network = mode == "host";
+    let network_container = mode.strip_prefix("container:").map(str::to_owned);
     let networks = settings
         .networks
         .unwrap_or_default()
@@ -86,7 +113,8 @@ fn convert(c: ContainerInspectResponse) -> Container {
         .map(|(name, ep)| {
             let ipv4 = ep.ip_address.and_then(|ip| ip.parse().ok());
             let ipv6 = ep.global_ipv6_address.and_then(|ip| ip.parse().ok());
-            (name, NetworkAddress { ipv4, ipv6 })
+            let gateway = ep.gateway.and_then(|ip| ip.parse().ok());
+            (name, NetworkAddress { ipv4, ipv6, gateway })
         })
         .collect();
 
@@ -94,12 +122,17 @@ fn convert(c: ContainerInspectResponse) -> Container {
         id: c.id.unwrap_or_default(),
         name: c.name.unwrap_or_default().trim_start_matches('/').to_owned(),
         image: config.image.unwrap_or_default(),
+        image_id: c.image.unwrap_or_default(),
+        hostname: config.hostname.unwrap_or_default(),
+        exit_code: state.exit_code,
         running: state.running.unwrap_or(false) && !state.restarting.unwrap_or(false) && !state.paused.unwrap_or(false),
         env: parse_env(config.env.unwrap_or_default().iter()),
         labels: config.labels.unwrap_or_default().into_iter().collect(),
         ports,
         published,
         networks,
+        host_network,
+        network_container,
         health: state.health.and_then(|h| h.status).map(|s| s.to_string()),
     }
 }

@@ -6,6 +6,7 @@
 //! - [`container`]: what a container is, for our purposes (no Docker types).
 //! - [`service`]: pure rules from a container to the services it asks for:
 //!   names, ports, addresses, tags, Meta, checks.
+//! - [`tags`]: `-tags`, a list or a Go template over the container.
 //! - [`docker`]: the Docker engine through bollard (inspect, list, events).
 //! - [`state`]: what registrator knows and wants, and every decision, as
 //!   pure transitions (events, looks at Docker and Consul, outcomes → ops).
@@ -21,6 +22,7 @@ pub mod metrics;
 pub mod registrar;
 pub mod service;
 pub mod state;
+pub mod tags;
 #[cfg(test)]
 mod testing;
 

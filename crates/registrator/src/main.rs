@@ -1,3 +1,5 @@
+use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -5,7 +7,9 @@ use anyhow::Context;
 use consul::Backoff;
 use prometheus_client::registry::Registry;
 use registrator::config::Args;
+use registrator::container::NetworkAddress;
 use registrator::docker::Engine;
+use registrator::tags::ForceTags;
 use registrator::{Options, Registrar, Rules};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -26,33 +30,54 @@ async fn main() {
 async fn run(args: Args) -> anyhow::Result<()> {
     let settings = args.consul.settings().context("consul settings")?;
     let consul = consul::Client::new(&settings)?;
-    let engine = Engine::connect().context("docker connection")?;
-
     let shutdown = ops::shutdown_token();
 
-    // Docker must answer before anything can be registered; wait for it.
+    // Docker must answer before anything can be registered; wait for it
+    // (its socket may not be there yet), saying so once.
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
-    let host = loop {
-        match engine.host_name().await {
-            Ok(host) => break host,
-            Err(e) => {
-                warn!(error = %e, "docker not reachable yet; retrying");
-                tokio::select! {
-                    _ = shutdown.cancelled() => return Ok(()),
-                    _ = backoff.wait() => {}
+    let (engine, host) = loop {
+        let answer = match Engine::connect() {
+            Ok(engine) => engine.host_name().await.map(|host| (engine, host)),
+            Err(e) => Err(e),
+        };
+        match answer {
+            Ok(found) => {
+                if backoff.attempts() > 0 {
+                    info!("docker reachable");
                 }
+                break found;
             }
+            Err(e) if backoff.attempts() == 0 => warn!(
+                error = %e,
+                sockets = ?registrator::docker::SOCKETS,
+                "docker not reachable yet (DOCKER_HOST, or a socket at one of these paths); retrying"
+            ),
+            Err(e) => tracing::debug!(error = %e, "docker still not reachable"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = backoff.wait() => {}
         }
     };
     wait_for_consul(&consul, args.retry_attempts, Duration::from_millis(args.retry_interval), &shutdown).await?;
+    if args.ttl.is_some() {
+        warn!(
+            "-ttl and -ttl-refresh have no effect with Consul (as in Go Registrator): Consul's checks say whether a service lives"
+        );
+    }
     let own_networks = own_networks(&engine).await;
+    let host_address = match args.ip {
+        Some(_) => None,
+        None => host_address(&own_networks, &consul).await,
+    };
     let rules = Rules {
         owner: args.owner.clone().unwrap_or(host),
         host_ip: args.ip,
+        host_address,
         internal: args.internal,
         network: args.network.clone(),
-        own_networks,
-        extra_tags: args.tags.iter().map(|t| t.trim().to_owned()).filter(|t| !t.is_empty()).collect(),
+        own_networks: own_networks.keys().cloned().collect(),
+        force_tags: args.tags.as_deref().map(ForceTags::parse).transpose().map_err(anyhow::Error::msg)?.map(Arc::new),
         register_all: args.all,
         ip_from_label: args.use_ip_from_label.clone(),
     };
@@ -87,14 +112,23 @@ async fn wait_for_consul(
     let mut tried = 0i64;
     loop {
         match consul.leader().await {
-            Ok(_) => return Ok(()),
+            Ok(_) => {
+                if tried > 0 {
+                    info!(attempts = tried + 1, "Consul reachable");
+                }
+                return Ok(());
+            }
             Err(e) if e.is_forbidden() => anyhow::bail!("Consul refused the token: {e}"),
             Err(e) => {
                 tried += 1;
                 if attempts >= 0 && tried > attempts {
                     anyhow::bail!("Consul not reachable after {tried} attempts: {e}");
                 }
-                warn!(error = %e, attempt = tried, "Consul not reachable yet; retrying");
+                if tried == 1 {
+                    warn!(error = %e, every_ms = interval.as_millis() as u64, "Consul not reachable yet; retrying");
+                } else {
+                    tracing::debug!(error = %e, attempt = tried, "Consul still not reachable");
+                }
             }
         }
         tokio::select! {
@@ -104,12 +138,40 @@ async fn wait_for_consul(
     }
 }
 
-/// The networks of registrator's own container, when it runs in one: the
-/// addresses other containers have there are the ones peers can reach.
-async fn own_networks(engine: &Engine) -> Vec<String> {
+/// The networks of registrator's own container, when it runs in one, with
+/// its address there: the addresses other containers have on them are the
+/// ones peers can reach.
+async fn own_networks(engine: &Engine) -> BTreeMap<String, NetworkAddress> {
     let hostname = gethostname::gethostname().to_string_lossy().into_owned();
     match engine.inspect(&hostname).await {
-        Ok(Some(me)) => me.networks.into_keys().collect(),
-        _ => Vec::new(),
+        Ok(Some(me)) if !me.host_network => me.networks,
+        _ => BTreeMap::new(),
+    }
+}
+
+/// Where published ports are reached when `-ip` is not given: in a
+/// container, the host's address on registrator's network (its gateway;
+/// every published port answers there, and a load balancer on that network
+/// reaches it); on the host network, the address the Consul agent gossips
+/// on. Said once, here.
+async fn host_address(own: &BTreeMap<String, NetworkAddress>, consul: &consul::Client) -> Option<IpAddr> {
+    let gateway = own
+        .iter()
+        .filter(|(name, _)| *name != "bridge")
+        .chain(own.iter().filter(|(name, _)| *name == "bridge"))
+        .find_map(|(name, a)| a.gateway.map(|g| (name, g)));
+    if let Some((network, ip)) = gateway {
+        info!(%ip, %network, "published ports are registered at the host's address on registrator's network (set -ip to choose)");
+        return Some(ip);
+    }
+    match consul.agent_address().await {
+        Ok(Some(ip)) if !ip.is_unspecified() => {
+            info!(%ip, "published ports are registered at the Consul agent's address (set -ip to choose)");
+            Some(ip)
+        }
+        other => {
+            warn!(answer = ?other.map_err(|e| e.to_string()), "the host's address is not known: containers that are only reachable through a published port are not registered; set -ip");
+            None
+        }
     }
 }

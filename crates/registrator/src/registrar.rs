@@ -207,12 +207,15 @@ impl<D: Docker, A: Agent> Registrar<D, A> {
                         info!(service = %name, %id, "deregistered");
                     }
                 }
-                Note::Problems { container, id, problems } if problems.is_empty() => {
-                    info!(%container, id = %short(&id), "nothing refused any more");
-                }
-                Note::Problems { container, id, problems } => {
+                Note::Problems { container, id, problems, warnings } => {
+                    if problems.is_empty() && warnings.is_empty() {
+                        info!(%container, id = %short(&id), "registered as asked");
+                    }
                     for problem in problems {
                         warn!(%container, id = %short(&id), "not registered: {problem}");
+                    }
+                    for warning in warnings {
+                        warn!(%container, id = %short(&id), "{warning}");
                     }
                 }
                 Note::Refused { id, name, reason, forbidden, reminder } => {
@@ -379,11 +382,12 @@ pub async fn drive<D: Docker, A: Agent>(
             match registrar.look_all().await {
                 Ok(containers) => {
                     state.on_docker_answered(Instant::now());
-                    state.on_snapshot(&containers);
+                    dirty = state.on_snapshot(&containers).into_iter().collect();
                 }
                 Err(e) => state.on_docker_failed(e.to_string(), Instant::now()),
             }
-        } else if !dirty.is_empty() {
+        }
+        if !dirty.is_empty() && !state.docker_look_due(Instant::now()) {
             let looks = stream::iter(dirty).map(|id| async move { (registrar.docker.inspect(&id).await, id) });
             for (found, id) in looks.buffer_unordered(16).collect::<Vec<_>>().await {
                 match found {

@@ -8,10 +8,12 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 use consul::{Check, Registration};
 
 use crate::container::{Container, Port};
+use crate::tags::ForceTags;
 
 /// Meta keys registrator sets on every service it registers: how it knows
 /// what it owns after a restart.
@@ -23,33 +25,44 @@ pub const CONTAINER_META: &str = "registrator_container";
 pub struct Rules {
     /// Identifies this Docker host: prefix of service IDs and owner mark.
     pub owner: String,
-    /// The host's address, for published ports (`-ip`).
+    /// The host's address given with `-ip`: published ports are registered
+    /// there, whatever else the container is attached to.
     pub host_ip: Option<IpAddr>,
+    /// The host's address found at start when `-ip` is not given (the
+    /// gateway of registrator's network, or its Consul agent's address): a
+    /// published port that nothing else reaches is registered there.
+    pub host_address: Option<IpAddr>,
     /// Always register container addresses and exposed ports (`-internal`).
     pub internal: bool,
     /// Network whose address to register (`--network`); `SERVICE_NETWORK` wins.
     pub network: Option<String>,
-    /// Networks registrator's own container is attached to.
+    /// Networks registrator's own container is attached to (none on the host network).
     pub own_networks: Vec<String>,
-    /// Tags added to every service (`-tags`).
-    pub extra_tags: Vec<String>,
+    /// Tags added to every service (`-tags`), maybe a template.
+    pub force_tags: Option<Arc<ForceTags>>,
     /// Register every container with ports, not just those with `SERVICE_NAME`.
     pub register_all: bool,
     /// Label holding the IP address to register (`-useIpFromLabel`).
     pub ip_from_label: Option<String>,
 }
 
-/// The services a container asks for, and why any it asked for was refused.
+/// The services a container asks for, why any it asked for was refused,
+/// and what was changed on the way (a name made DNS-safe).
 #[derive(Debug, Default, PartialEq)]
 pub struct Desired {
     pub services: Vec<Registration>,
     pub problems: Vec<String>,
+    pub warnings: Vec<String>,
 }
 
 const KNOWN_KEYS: &[&str] = &["NAME", "TAGS", "ID", "IGNORE", "NETWORK"];
 const MAX_META_VALUE: usize = 512;
 const MAX_NAME: usize = 63;
 const MAX_TAG: usize = 256;
+
+/// The default bridge: its addresses are reachable only from the same host
+/// and network, never from a load balancer elsewhere.
+const DEFAULT_BRIDGE: &str = "bridge";
 
 /// The services `c` asks for under `rules`. A container that is not running
 /// asks for none.
@@ -69,10 +82,33 @@ pub fn desired(c: &Container, rules: &Rules) -> Desired {
         out.problems.push("no exposed ports: nothing to register (EXPOSE a port or publish one)".into());
         return out;
     }
-    let many = c.ports.len() > 1;
+    let force_tags = match rules.force_tags.as_deref().map(|t| t.render(c)).transpose() {
+        Ok(tags) => tags.unwrap_or_default(),
+        Err(why) => {
+            out.problems.push(why);
+            return out;
+        }
+    };
+    // Ports nothing can reach are refused; the others are the group whose
+    // size decides `<name>-<port>` names (as Go Registrator counts only the
+    // ports it registers).
+    let mut reachable = Vec::new();
     for &port in &c.ports {
-        match service(c, rules, &keys, port, many) {
-            Ok(Some(reg)) => out.services.push(reg),
+        if truthy(keys.get(port, "IGNORE")) {
+            continue;
+        }
+        match address(c, rules, &keys, port) {
+            Ok(addr) => reachable.push((port, addr)),
+            Err(why) => out.problems.push(format!("port {}: {why}", port.number)),
+        }
+    }
+    let many = reachable.len() > 1;
+    for (port, addr) in reachable {
+        match service(c, rules, &keys, port, addr, many, &force_tags) {
+            Ok(Some((reg, warning))) => {
+                out.services.push(reg);
+                out.warnings.extend(warning);
+            }
             Ok(None) => {}
             Err(why) => out.problems.push(format!("port {}: {why}", port.number)),
         }
@@ -80,10 +116,17 @@ pub fn desired(c: &Container, rules: &Rules) -> Desired {
     out
 }
 
-fn service(c: &Container, rules: &Rules, keys: &Keys, port: Port, many: bool) -> Result<Option<Registration>, String> {
-    if truthy(keys.get(port, "IGNORE")) {
-        return Ok(None);
-    }
+type Warning = Option<String>;
+
+fn service(
+    c: &Container,
+    rules: &Rules,
+    keys: &Keys,
+    port: Port,
+    (ip, svc_port): (IpAddr, u16),
+    many: bool,
+    force_tags: &[String],
+) -> Result<Option<(Registration, Warning)>, String> {
     let raw_name = match (keys.port(port, "NAME"), keys.global("SERVICE_NAME")) {
         (Some(name), _) => name.to_owned(),
         (None, Some(name)) if many => format!("{name}-{}", port.number),
@@ -95,8 +138,9 @@ fn service(c: &Container, rules: &Rules, keys: &Keys, port: Port, many: bool) ->
         }
     };
     let name = normalize_name(&raw_name)?;
+    let warning = (name != raw_name.trim())
+        .then(|| format!("port {}: service name {raw_name:?} registered as {name:?} (DNS-safe)", port.number));
 
-    let (ip, svc_port) = address(c, rules, keys, port)?;
     let udp = if port.udp { ":udp" } else { "" };
     let id = match keys.get(port, "ID") {
         Some(id) if keys.port(port, "ID").is_none() && many => format!("{id}-{}", port.number),
@@ -106,7 +150,7 @@ fn service(c: &Container, rules: &Rules, keys: &Keys, port: Port, many: bool) ->
     let id = clean_id(&id)?;
 
     let mut tags: Vec<String> = keys.get(port, "TAGS").map(split_tags).unwrap_or_default();
-    tags.extend(rules.extra_tags.iter().cloned());
+    tags.extend(force_tags.iter().cloned());
     if port.udp {
         tags.push("udp".into());
     }
@@ -121,25 +165,37 @@ fn service(c: &Container, rules: &Rules, keys: &Keys, port: Port, many: bool) ->
     meta.insert(OWNER_META.into(), rules.owner.clone());
     meta.insert(CONTAINER_META.into(), c.id.clone());
 
-    let mut checks: Vec<Check> = check(keys, port, ip, svc_port)?.into_iter().collect();
+    let mut checks: Vec<Check> = check(keys, port, ip, svc_port, &id)?.into_iter().collect();
     checks.extend(docker_health(c, &id));
-    Ok(Some(Registration { id, name, tags, address: ip.to_string(), port: svc_port, meta, checks }))
+    let reg = Registration { id, name, tags, address: ip.to_string(), port: svc_port, meta, checks };
+    Ok(Some((reg, warning)))
 }
 
-/// Chooses the address and port to register, by the documented rule:
-/// 1. the IP in the `-useIpFromLabel` label;
-/// 2. the network named by `SERVICE_<port>_NETWORK`, `SERVICE_NETWORK` or `--network`;
-/// 3. with `-internal`, or on a network registrator's own container shares,
-///    the container's address there (lexically first network) and exposed port;
-/// 4. a published port: the host address (`-ip`, else the binding's) and host port;
-/// 5. when registrator runs on networks of its own, nothing else is
-///    reachable: refused with a reason;
-/// 6. else the container's address on its lexically first network.
+/// Chooses the address and port to register, by the documented rule (the
+/// README's "Which address is registered"):
+/// 1. the IP in the `-useIpFromLabel` label (a CIDR suffix is dropped), with
+///    the published host port (the exposed one with `-internal` or when not
+///    published);
+/// 2. the network named by `SERVICE_<port>_NETWORK`, `SERVICE_NETWORK` or
+///    `--network`: the container's address there and exposed port;
+/// 3. `-internal`: the container's own address (on a network registrator
+///    shares, else its first) and exposed port;
+/// 4. a user-defined network registrator shares (not the default bridge),
+///    unless `-ip` is given and the port is published: the address there;
+/// 5. a published port: the host's address (`-ip`, else the binding's own
+///    address, else the one found at start) and the host port;
+/// 6. `--net=host`: the host's address and the exposed port, which is the host's;
+/// 7. registrator on the host network: the container's address (reachable
+///    from this host);
+/// 8. else nothing reaches it: refused, saying what was found.
 fn address(c: &Container, rules: &Rules, keys: &Keys, port: Port) -> Result<(IpAddr, u16), String> {
+    let published = c.published.get(&port).and_then(|b| b.first());
     if let Some(label) = &rules.ip_from_label {
-        if let Some(ip) = c.labels.get(label) {
-            let ip = ip.trim().parse().map_err(|_| format!("label {label}={ip:?} is not an IP address"))?;
-            return Ok((ip, port.number));
+        if let Some(raw) = c.labels.get(label) {
+            let text = raw.trim().rsplit_once('/').map_or(raw.trim(), |(ip, _)| ip);
+            let ip = text.parse().map_err(|_| format!("label {label}={raw:?} is not an IP address"))?;
+            let p = published.filter(|_| !rules.internal).map_or(port.number, |b| b.port);
+            return Ok((ip, p));
         }
     }
     if let Some(net) = keys.get(port, "NETWORK").or(rules.network.as_deref()) {
@@ -150,53 +206,85 @@ fn address(c: &Container, rules: &Rules, keys: &Keys, port: Port) -> Result<(IpA
             }
         };
     }
-    let on = |pred: &dyn Fn(&str) -> bool| c.networks.iter().filter(|(n, _)| pred(n)).find_map(|(_, a)| a.ip());
-    if let Some(ip) = on(&|n| rules.own_networks.iter().any(|o| o == n)) {
-        return Ok((ip, port.number));
-    }
-    if !rules.internal {
-        if let Some(binding) = c.published.get(&port).and_then(|b| b.first()) {
-            let ip = rules.host_ip.or(binding.ip.filter(|ip| !ip.is_unspecified()));
-            if let Some(ip) = ip {
-                return Ok((ip, binding.port));
-            }
+    let host = rules.host_ip.or(rules.host_address);
+    let shared = c
+        .networks
+        .iter()
+        .filter(|(n, _)| *n != DEFAULT_BRIDGE && rules.own_networks.iter().any(|o| o == *n))
+        .find_map(|(_, a)| a.ip());
+    let any_network = c.networks.values().find_map(|a| a.ip());
+    if rules.internal {
+        if c.host_network {
+            return host.map(|ip| (ip, port.number)).ok_or_else(no_host_address);
         }
+        return shared.or(any_network).map(|ip| (ip, port.number)).ok_or_else(|| "the container has no address".into());
     }
-    if !rules.own_networks.is_empty() && !rules.internal {
-        // Registrator runs on a network of its own: a container that shares
-        // none of it and publishes nothing cannot be reached from there.
-        return Err(format!(
-            "unreachable: shares no network with registrator ({:?}) and publishes no port; attach it, publish the port or set SERVICE_NETWORK",
-            rules.own_networks
-        ));
-    }
-    if let Some(ip) = on(&|_| true) {
+    if let Some(ip) = shared.filter(|_| rules.host_ip.is_none() || published.is_none()) {
         return Ok((ip, port.number));
     }
-    match rules.host_ip {
-        Some(ip) => Ok((ip, port.number)),
-        None => Err("no address: the container has no network address; set -ip for host networking".into()),
+    if let Some(b) = published {
+        let ip = rules.host_ip.or(b.ip.filter(|ip| !ip.is_unspecified())).or(rules.host_address);
+        return ip.map(|ip| (ip, b.port)).ok_or_else(no_host_address);
     }
+    if c.host_network {
+        return host.map(|ip| (ip, port.number)).ok_or_else(no_host_address);
+    }
+    if rules.own_networks.is_empty() {
+        return any_network.map(|ip| (ip, port.number)).ok_or_else(|| "the container has no address".into());
+    }
+    Err(format!(
+        "unreachable: not published, and the container's networks {:?} are not registrator's {:?}{}; publish the port (-p), attach the container to one of registrator's networks, or set SERVICE_NETWORK",
+        c.networks.keys().collect::<Vec<_>>(),
+        rules.own_networks,
+        if c.networks.contains_key(DEFAULT_BRIDGE) {
+            " (the default bridge's addresses are reachable from nowhere else)"
+        } else {
+            ""
+        },
+    ))
 }
 
-fn check(keys: &Keys, port: Port, ip: IpAddr, svc_port: u16) -> Result<Option<Check>, String> {
+fn no_host_address() -> String {
+    "the host's address is not known: set -ip".into()
+}
+
+/// The check `SERVICE_CHECK_*` asks for, as Go Registrator builds it: the
+/// first of HTTP, HTTPS, CMD, SCRIPT, TTL, TCP and gRPC that is set, aimed
+/// at the registered address; its ID is `service:<service-id>`, Consul's own
+/// for a service's only check, so heartbeats and `consul` commands find it.
+fn check(keys: &Keys, port: Port, ip: IpAddr, svc_port: u16, service_id: &str) -> Result<Option<Check>, String> {
     let get = |k: &str| keys.get(port, &format!("CHECK_{k}"));
     let target = SocketAddr::new(ip, svc_port);
-    let mut check = Check::default();
+    let mut check = Check { check_id: Some(format!("service:{service_id}")), ..Check::default() };
+    let method = |key: &str| -> Result<Option<String>, String> {
+        match get(key) {
+            None => Ok(None),
+            Some(m) if !m.is_empty() && m.bytes().all(|b| b.is_ascii_uppercase()) => Ok(Some(m.to_owned())),
+            Some(m) => Err(format!("CHECK_{key} {m:?} is not an HTTP method like GET or HEAD")),
+        }
+    };
     if let Some(path) = get("HTTP") {
         check.http = Some(format!("http://{target}{}", url_path(path)?));
+        check.method = method("HTTP_METHOD")?;
     } else if let Some(path) = get("HTTPS") {
         check.http = Some(format!("https://{target}{}", url_path(path)?));
-    } else if get("TCP").is_some_and(|v| truthy(Some(v))) {
-        check.tcp = Some(target.to_string());
-    } else if let Some(ttl) = get("TTL") {
-        check.ttl = Some(duration(ttl, "CHECK_TTL")?);
+        check.method = method("HTTPS_METHOD")?;
     } else if let Some(cmd) = get("CMD").or(get("SCRIPT")) {
-        // An argument vector, split as a shell would, never run by a shell.
-        check.args = shell_words::split(cmd).map_err(|e| format!("CHECK_CMD {cmd:?}: {e}"))?;
+        // An argument vector, split as a shell would and never run by a
+        // shell; $SERVICE_IP and $SERVICE_PORT are the registered address.
+        let args = shell_words::split(cmd).map_err(|e| format!("CHECK_CMD {cmd:?}: {e}"))?;
+        let (ip, port) = (ip.to_string(), svc_port.to_string());
+        check.args = args.iter().map(|a| a.replace("$SERVICE_IP", &ip).replace("$SERVICE_PORT", &port)).collect();
         if check.args.is_empty() {
             return Err("CHECK_CMD is empty".into());
         }
+    } else if let Some(ttl) = get("TTL") {
+        check.ttl = Some(duration(ttl, "CHECK_TTL")?);
+    } else if truthy(get("TCP")) {
+        check.tcp = Some(target.to_string());
+    } else if truthy(get("GRPC")) {
+        check.grpc = Some(target.to_string());
+        check.grpc_use_tls = truthy(get("GRPC_USE_TLS"));
     } else {
         return Ok(None);
     }
@@ -314,11 +402,29 @@ fn url_path(path: &str) -> Result<String, String> {
     Ok(if path.starts_with('/') { path.to_owned() } else { format!("/{path}") })
 }
 
+/// A duration as Go's `time.ParseDuration` (which Consul uses) reads it:
+/// one or more numbers, each with a unit (`10s`, `1m30s`, `1.5h`, `500ms`).
 fn duration(value: &str, key: &str) -> Result<String, String> {
     let v = value.trim();
-    let (num, unit) = v.split_at(v.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(v.len()));
-    let ok = !num.is_empty() && num.parse::<f64>().is_ok() && matches!(unit, "ms" | "s" | "m" | "h");
-    if ok { Ok(v.to_owned()) } else { Err(format!("SERVICE_{key}={value:?} is not a duration like 10s or 500ms")) }
+    let bad = || format!("SERVICE_{key}={value:?} is not a duration like 10s, 1m30s or 500ms");
+    let mut rest = v;
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit() && c != '.').ok_or_else(bad)?;
+        let (num, tail) = rest.split_at(digits);
+        if num.is_empty() || num.parse::<f64>().is_err() {
+            return Err(bad());
+        }
+        let unit = ["ns", "us", "µs", "ms", "s", "m", "h"]
+            .iter()
+            .filter(|u| tail.starts_with(*u))
+            .max_by_key(|u| u.len())
+            .ok_or_else(bad)?;
+        rest = &tail[unit.len()..];
+    }
+    Ok(v.to_owned())
 }
 
 fn truthy(v: Option<&str>) -> bool {
@@ -337,66 +443,62 @@ fn dedup_in_order(v: &mut Vec<String>) {
 }
 
 /// A container's `SERVICE_*` settings, split into global and per-port keys.
+/// What follows `SERVICE_` is case-insensitive, as in Go Registrator
+/// (`SERVICE_80_check_http` is `SERVICE_80_CHECK_HTTP`).
 struct Keys<'a> {
-    global: BTreeMap<&'a str, &'a str>,
-    /// (port, KEY) → value, from `SERVICE_<port>_<KEY>`.
-    per_port: BTreeMap<(u16, &'a str), &'a str>,
+    /// `SERVICE_<KEY>` → value, KEY upper-cased.
+    global: BTreeMap<String, &'a str>,
+    /// port → KEY → value, from `SERVICE_<port>_<KEY>`.
+    per_port: BTreeMap<u16, BTreeMap<String, &'a str>>,
 }
 
 impl<'a> Keys<'a> {
     fn of(c: &'a Container) -> Self {
         let mut global = BTreeMap::new();
-        let mut per_port = BTreeMap::new();
-        for (key, value) in c.service_settings() {
-            let rest = &key["SERVICE_".len()..];
+        let mut per_port: BTreeMap<u16, BTreeMap<String, &'a str>> = BTreeMap::new();
+        // Environment first, then labels, which win.
+        for (key, value) in c.env.iter().chain(c.labels.iter()) {
+            let Some(rest) = key.strip_prefix("SERVICE_") else { continue };
+            let rest = rest.to_ascii_uppercase();
             match rest.split_once('_') {
                 Some((num, k)) if !num.is_empty() && num.bytes().all(|b| b.is_ascii_digit()) => {
                     if let Ok(n) = num.parse::<u16>() {
-                        per_port.insert((n, k), value);
+                        per_port.entry(n).or_default().insert(k.to_owned(), value.as_str());
                     }
                 }
                 _ => {
-                    global.insert(key, value);
+                    global.insert(rest, value.as_str());
                 }
             }
         }
         Self { global, per_port }
     }
 
+    /// `SERVICE_<key>`, set and not blank.
     fn global(&self, key: &str) -> Option<&'a str> {
+        let key = key.strip_prefix("SERVICE_").unwrap_or(key);
         self.global.get(key).copied().filter(|v| !v.trim().is_empty())
     }
 
     fn port(&self, port: Port, key: &str) -> Option<&'a str> {
-        self.per_port.get(&(port.number, key)).copied().filter(|v| !v.trim().is_empty())
+        self.per_port.get(&port.number)?.get(key).copied().filter(|v| !v.trim().is_empty())
     }
 
     /// A per-port key, else the global one.
     fn get(&self, port: Port, key: &str) -> Option<&'a str> {
-        self.port(port, key).or_else(|| self.global(&format!("SERVICE_{key}")))
+        self.port(port, key).or_else(|| self.global(key))
     }
 
     fn any_port_name(&self) -> bool {
-        self.per_port.keys().any(|(_, k)| *k == "NAME")
+        self.per_port.values().any(|keys| keys.contains_key("NAME"))
     }
 
     /// Keys that are neither known settings nor checks become Meta; per-port
     /// ones override global ones for their port.
     fn meta(&self, port: Port) -> BTreeMap<String, &'a str> {
         let is_meta = |k: &str| !KNOWN_KEYS.contains(&k) && !k.starts_with("CHECK_");
-        let mut meta = BTreeMap::new();
-        for (k, v) in &self.global {
-            let k = &k["SERVICE_".len()..];
-            if is_meta(k) {
-                meta.insert(k.to_owned(), *v);
-            }
-        }
-        for ((n, k), v) in &self.per_port {
-            if *n == port.number && is_meta(k) {
-                meta.insert((*k).to_owned(), *v);
-            }
-        }
-        meta
+        let own = self.per_port.get(&port.number).into_iter().flatten();
+        self.global.iter().chain(own).filter(|(k, _)| is_meta(k)).map(|(k, v)| (k.clone(), *v)).collect()
     }
 }
 
@@ -415,7 +517,7 @@ mod tests {
             ports: ports.iter().map(|p| Port::parse(p).unwrap()).collect(),
             networks: [(
                 "proj_default".to_owned(),
-                NetworkAddress { ipv4: Some("172.20.0.5".parse().unwrap()), ipv6: None },
+                NetworkAddress { ipv4: Some("172.20.0.5".parse().unwrap()), ipv6: None, gateway: None },
             )]
             .into(),
             ..Container::default()
@@ -521,7 +623,10 @@ mod tests {
         let s = &desired(&c, &rules()).services[0];
         assert_eq!(s.checks[0].http.as_deref(), Some("http://172.20.0.5:80/health"));
         assert_eq!(s.checks[0].interval.as_deref(), Some("2s"));
-        c.networks.insert("proj_default".into(), NetworkAddress { ipv4: None, ipv6: Some("fd00::5".parse().unwrap()) });
+        c.networks.insert(
+            "proj_default".into(),
+            NetworkAddress { ipv4: None, ipv6: Some("fd00::5".parse().unwrap()), gateway: None },
+        );
         let s = &desired(&c, &rules()).services[0];
         assert_eq!(s.checks[0].http.as_deref(), Some("http://[fd00::5]:80/health"));
         assert_eq!(s.address, "fd00::5");
@@ -538,16 +643,111 @@ mod tests {
         assert!(d.problems[0].contains("CHECK_INTERVAL"), "{:?}", d.problems);
     }
 
-    #[test]
-    fn published_port_is_used_when_no_network_is_shared() {
+    fn net(ip: &str) -> NetworkAddress {
+        NetworkAddress { ipv4: Some(ip.parse().unwrap()), ipv6: None, gateway: None }
+    }
+
+    /// A container on `networks`, asking for `h` on 80, published at 32768 when `published`.
+    fn placed(networks: &[(&str, &str)], published: bool) -> Container {
         let mut c = container(&[("SERVICE_NAME", "h")], &["80/tcp"]);
-        c.published.insert(Port { number: 80, udp: false }, vec![HostBinding { ip: None, port: 32768 }]);
-        let r = Rules { own_networks: vec![], host_ip: Some("192.0.2.10".parse().unwrap()), ..rules() };
-        let s = &desired(&c, &r).services[0];
-        assert_eq!((s.address.as_str(), s.port), ("192.0.2.10", 32768));
-        // -internal keeps the container's own address and port.
-        let s = &desired(&c, &Rules { internal: true, ..r }).services[0];
-        assert_eq!((s.address.as_str(), s.port), ("172.20.0.5", 80));
+        c.networks = networks.iter().map(|(n, ip)| ((*n).to_owned(), net(ip))).collect();
+        if published {
+            c.published.insert(Port { number: 80, udp: false }, vec![HostBinding { ip: None, port: 32768 }]);
+        }
+        c
+    }
+
+    fn registered(c: &Container, r: &Rules) -> Result<(String, u16), Vec<String>> {
+        let d = desired(c, r);
+        match &d.services[..] {
+            [s] => Ok((s.address.clone(), s.port)),
+            _ => Err(d.problems),
+        }
+    }
+
+    /// The README's "Which address is registered", row by row.
+    #[test]
+    fn which_address_is_registered() {
+        let gw: IpAddr = "172.18.0.1".parse().unwrap();
+        let ip: IpAddr = "192.0.2.10".parse().unwrap();
+        let compose = Rules { own_networks: vec!["proj_default".into()], host_address: Some(gw), ..rules() };
+        let with_ip = Rules { host_ip: Some(ip), host_address: None, ..compose.clone() };
+        let on_bridge = Rules { own_networks: vec!["bridge".into()], host_ip: Some(ip), ..rules() };
+        let on_host = Rules { own_networks: vec![], host_address: Some("10.0.0.7".parse().unwrap()), ..rules() };
+        let internal = Rules { internal: true, ..compose.clone() };
+        let a = |s: &str, p: u16| Ok((s.to_owned(), p));
+
+        // A network registrator shares: the container's address, exposed port.
+        assert_eq!(registered(&placed(&[("proj_default", "172.18.0.5")], false), &compose), a("172.18.0.5", 80));
+        assert_eq!(registered(&placed(&[("proj_default", "172.18.0.5")], true), &compose), a("172.18.0.5", 80));
+        // ... unless -ip asks for the host's address and the port is published.
+        assert_eq!(registered(&placed(&[("proj_default", "172.18.0.5")], true), &with_ip), a("192.0.2.10", 32768));
+        // Default bridge or another network, published: host address, host port.
+        assert_eq!(registered(&placed(&[("bridge", "172.17.0.2")], true), &compose), a("172.18.0.1", 32768));
+        assert_eq!(registered(&placed(&[("other", "172.30.0.2")], true), &compose), a("172.18.0.1", 32768));
+        assert_eq!(registered(&placed(&[("bridge", "172.17.0.2")], true), &with_ip), a("192.0.2.10", 32768));
+        // Registrator itself on the default bridge with -ip (one per host): -ip wins.
+        assert_eq!(registered(&placed(&[("bridge", "172.17.0.2")], true), &on_bridge), a("192.0.2.10", 32768));
+        // Registrator on the host network: the agent's address for published ports.
+        assert_eq!(registered(&placed(&[("bridge", "172.17.0.2")], true), &on_host), a("10.0.0.7", 32768));
+        // ... and the container's own address otherwise (reachable from this host).
+        assert_eq!(registered(&placed(&[("bridge", "172.17.0.2")], false), &on_host), a("172.17.0.2", 80));
+        // --net=host: the host's address and the exposed port, which is the host's.
+        let mut host = placed(&[], false);
+        host.host_network = true;
+        assert_eq!(registered(&host, &compose), a("172.18.0.1", 80));
+        assert_eq!(registered(&host, &with_ip), a("192.0.2.10", 80));
+        assert_eq!(registered(&host, &internal), a("172.18.0.1", 80));
+        // A binding to one address: that address.
+        let mut one = placed(&[("bridge", "172.17.0.2")], false);
+        one.published.insert(
+            Port { number: 80, udp: false },
+            vec![HostBinding { ip: Some("127.0.0.1".parse().unwrap()), port: 8080 }],
+        );
+        assert_eq!(registered(&one, &compose), a("127.0.0.1", 8080));
+        // -internal: the container's own address and exposed port, published or not.
+        assert_eq!(registered(&placed(&[("bridge", "172.17.0.2")], true), &internal), a("172.17.0.2", 80));
+        // Not published and on no network registrator shares: refused, saying what was found.
+        let why = registered(&placed(&[("bridge", "172.17.0.2")], false), &compose).unwrap_err().join(" ");
+        assert!(
+            why.contains("not published") && why.contains("[\"bridge\"]") && why.contains("[\"proj_default\"]"),
+            "{why}"
+        );
+        assert!(why.contains("default bridge"), "{why}");
+        let why = registered(&placed(&[("bridge", "172.17.0.2")], false), &on_bridge).unwrap_err().join(" ");
+        assert!(why.contains("not published"), "the default bridge is never a shared network: {why}");
+        // No host address known: a published port cannot be registered, and says so.
+        let unknown = Rules { host_address: None, ..compose };
+        let why = registered(&placed(&[("bridge", "172.17.0.2")], true), &unknown).unwrap_err().join(" ");
+        assert!(why.contains("set -ip"), "{why}");
+    }
+
+    #[test]
+    fn ip_from_label_takes_the_label_drops_a_cidr_suffix_and_keeps_the_published_port() {
+        let mut c = placed(&[("bridge", "172.17.0.2")], true);
+        c.labels.insert("ip".into(), "10.0.0.9/24".into());
+        let r = Rules { ip_from_label: Some("ip".into()), ..rules() };
+        assert_eq!(registered(&c, &r), Ok(("10.0.0.9".to_owned(), 32768)));
+        assert_eq!(registered(&c, &Rules { internal: true, ..r.clone() }), Ok(("10.0.0.9".to_owned(), 80)));
+        c.labels.insert("ip".into(), "not-an-ip".into());
+        assert!(registered(&c, &r).unwrap_err()[0].contains("is not an IP address"));
+    }
+
+    #[test]
+    fn only_ports_that_are_registered_count_for_port_suffixed_names() {
+        // Exposes 80 and 443, publishes only 443, on a network registrator does not share.
+        let mut c = container(&[("SERVICE_NAME", "nginx")], &["80/tcp", "443/tcp"]);
+        c.networks = [("bridge".to_owned(), net("172.17.0.2"))].into();
+        c.published.insert(Port { number: 443, udp: false }, vec![HostBinding { ip: None, port: 4443 }]);
+        let r = Rules {
+            own_networks: vec!["proj_default".into()],
+            host_ip: Some("192.0.2.10".parse().unwrap()),
+            ..rules()
+        };
+        let d = desired(&c, &r);
+        let got: Vec<_> = d.services.iter().map(|s| (s.name.as_str(), s.port)).collect();
+        assert_eq!(got, [("nginx", 4443)]);
+        assert!(d.problems[0].starts_with("port 80:"), "{:?}", d.problems);
     }
 
     #[test]
@@ -560,10 +760,79 @@ mod tests {
     }
 
     #[test]
+    fn checks_follow_go_registrators_options() {
+        let check = |settings: &[(&str, &str)]| {
+            let mut all = vec![("SERVICE_NAME", "h")];
+            all.extend_from_slice(settings);
+            let d = desired(&container(&all, &["80/tcp"]), &rules());
+            assert_eq!(d.problems, Vec::<String>::new());
+            d.services[0].checks[0].clone()
+        };
+        let c = check(&[
+            ("SERVICE_80_CHECK_HTTP", "/health"),
+            ("SERVICE_80_CHECK_HTTP_METHOD", "HEAD"),
+            ("SERVICE_80_CHECK_INTERVAL", "15s"),
+            ("SERVICE_80_CHECK_TIMEOUT", "1s"),
+        ]);
+        assert_eq!((c.http.as_deref(), c.method.as_deref()), (Some("http://172.20.0.5:80/health"), Some("HEAD")));
+        assert_eq!((c.interval.as_deref(), c.timeout.as_deref()), (Some("15s"), Some("1s")));
+        assert_eq!(c.check_id.as_deref(), Some("service:dockerhost:proj-hello-1:80"), "Consul's own ID for it");
+        let c = check(&[("SERVICE_CHECK_HTTPS", "/x"), ("SERVICE_CHECK_HTTPS_METHOD", "POST")]);
+        assert_eq!((c.http.as_deref(), c.method.as_deref()), (Some("https://172.20.0.5:80/x"), Some("POST")));
+        let c = check(&[
+            ("SERVICE_CHECK_GRPC", "true"),
+            ("SERVICE_CHECK_GRPC_USE_TLS", "true"),
+            ("SERVICE_CHECK_TLS_SKIP_VERIFY", "true"),
+        ]);
+        assert_eq!((c.grpc.as_deref(), c.grpc_use_tls, c.tls_skip_verify), (Some("172.20.0.5:80"), true, true));
+        let c = check(&[("SERVICE_CHECK_SCRIPT", "nc $SERVICE_IP $SERVICE_PORT")]);
+        assert_eq!(c.args, ["nc", "172.20.0.5", "80"]);
+        let c = check(&[("SERVICE_CHECK_TTL", "30s")]);
+        assert_eq!((c.ttl.as_deref(), c.interval.as_deref()), (Some("30s"), None));
+        let c = check(&[
+            ("SERVICE_CHECK_TCP", "true"),
+            ("SERVICE_CHECK_INTERVAL", "1m30s"),
+            ("SERVICE_CHECK_DEREGISTER_AFTER", "10m"),
+            ("SERVICE_CHECK_INITIAL_STATUS", "passing"),
+        ]);
+        assert_eq!((c.tcp.as_deref(), c.interval.as_deref()), (Some("172.20.0.5:80"), Some("1m30s")));
+        assert_eq!(
+            (c.deregister_critical_service_after.as_deref(), c.status.as_deref()),
+            (Some("10m"), Some("passing"))
+        );
+        // Go Registrator's order when several are set: HTTP, HTTPS, CMD, SCRIPT, TTL, TCP, gRPC.
+        let c = check(&[("SERVICE_CHECK_TCP", "true"), ("SERVICE_CHECK_TTL", "5s")]);
+        assert!(c.ttl.is_some() && c.tcp.is_none());
+        // Keys are case-insensitive after SERVICE_, as there.
+        let c = check(&[("SERVICE_80_check_http", "/lower")]);
+        assert_eq!(c.http.as_deref(), Some("http://172.20.0.5:80/lower"));
+    }
+
+    #[test]
+    fn durations_are_read_as_go_reads_them() {
+        for ok in ["10s", "1m30s", "1.5h", "500ms", "2h45m10s", "100us", "0s"] {
+            assert!(duration(ok, "X").is_ok(), "{ok}");
+        }
+        for bad in ["", "soon", "10", "s", "1m30", "-", "10 s", "1x"] {
+            assert!(duration(bad, "X").is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_name_made_dns_safe_is_a_warning_not_a_refusal() {
+        let d = desired(&container(&[("SERVICE_NAME", "hello/v1")], &["80/tcp"]), &rules());
+        assert_eq!(d.services[0].name, "hello-v1");
+        assert!(d.warnings[0].contains("\"hello/v1\" registered as \"hello-v1\""), "{:?}", d.warnings);
+    }
+
+    #[test]
     fn service_network_selects_the_address_and_a_missing_network_is_a_problem() {
         let mut c = container(&[("SERVICE_NAME", "h"), ("SERVICE_NETWORK", "backend")], &["80/tcp"]);
         assert!(desired(&c, &rules()).problems[0].contains("not attached to network \"backend\""));
-        c.networks.insert("backend".into(), NetworkAddress { ipv4: Some("10.9.0.2".parse().unwrap()), ipv6: None });
+        c.networks.insert(
+            "backend".into(),
+            NetworkAddress { ipv4: Some("10.9.0.2".parse().unwrap()), ipv6: None, gateway: None },
+        );
         assert_eq!(desired(&c, &rules()).services[0].address, "10.9.0.2");
     }
 

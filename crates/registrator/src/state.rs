@@ -101,6 +101,7 @@ pub enum Note {
         container: String,
         id: ContainerId,
         problems: Vec<String>,
+        warnings: Vec<String>,
     },
     /// Consul refused a registration or deregistration. `reminder`: it still
     /// does (at most once a minute).
@@ -264,8 +265,9 @@ pub struct State {
     stopping: BTreeSet<ContainerId>,
     /// Crashed containers whose services stay (`-deregister on-success`).
     retained: BTreeSet<ContainerId>,
-    /// Why the last look at each container could not register all it asked for.
-    problems: HashMap<ContainerId, Vec<String>>,
+    /// Why the last look at each container could not register all it asked
+    /// for, and what it changed (problems, then warnings).
+    problems: HashMap<ContainerId, (Vec<String>, Vec<String>)>,
     /// What the agent holds under IDs that carry our owner mark.
     held: HashMap<ServiceId, Held>,
     refused: BTreeMap<ServiceId, Refusal>,
@@ -325,14 +327,9 @@ impl State {
                 }
                 false
             }
-            "die"
-                if self.deregister == Deregister::OnSuccess
-                    && !self.stopping.contains(id)
-                    && attributes.get("exitCode").is_some_and(|code| code != "0") =>
-            {
-                if self.wanted.get(id).is_some_and(|w| !w.is_empty()) && self.retained.insert(id.to_owned()) {
-                    let exit_code = attributes.get("exitCode").cloned().unwrap_or_default();
-                    self.notes.push(Note::Retained { container: id.to_owned(), exit_code });
+            "die" if self.deregister == Deregister::OnSuccess && !self.stopping.contains(id) && crashed(attributes) => {
+                if self.wanted.get(id).is_some_and(|w| !w.is_empty()) {
+                    self.retain(id, attributes.get("exitCode").cloned().unwrap_or_default());
                 }
                 false
             }
@@ -358,6 +355,7 @@ impl State {
             return;
         }
         match container {
+            Some(c) if self.keeps_crashed(c) => self.retain(id, c.exit_code.unwrap_or_default().to_string()),
             Some(c) => self.want(c),
             None => {
                 self.wanted.remove(id);
@@ -368,32 +366,59 @@ impl State {
 
     /// Takes a look at every running container: anything not among them
     /// (and not retained) wants nothing.
-    pub fn on_snapshot(&mut self, containers: &[Container]) {
+    ///
+    /// Under `-deregister on-success`, a container that was registered and is
+    /// gone from the list may have crashed: its ID is returned, to be looked
+    /// at (its exit code decides) before its services go.
+    pub fn on_snapshot(&mut self, containers: &[Container]) -> Vec<ContainerId> {
         self.docker_needs_look = false;
         let running: BTreeSet<&str> = containers.iter().map(|c| c.id.as_str()).collect();
-        self.wanted.retain(|id, _| running.contains(id.as_str()) || self.retained.contains(id));
+        let vanished: Vec<ContainerId> = self
+            .wanted
+            .keys()
+            .filter(|id| !running.contains(id.as_str()) && !self.retained.contains(*id) && !self.stopping.contains(*id))
+            .cloned()
+            .collect();
+        let look = if self.deregister == Deregister::OnSuccess { vanished } else { Vec::new() };
+        self.wanted.retain(|id, _| running.contains(id.as_str()) || self.retained.contains(id) || look.contains(id));
         self.problems.retain(|id, _| running.contains(id.as_str()));
         // A container asked to stop that is gone from the list has stopped.
         self.stopping.retain(|id| running.contains(id.as_str()));
         for c in containers {
             self.on_inspected(&c.id, Some(c));
         }
+        look
+    }
+
+    /// Whether `c` is a container that crashed while registered, whose
+    /// services stay under `-deregister on-success`.
+    fn keeps_crashed(&self, c: &Container) -> bool {
+        let code = c.exit_code.unwrap_or_default();
+        self.deregister == Deregister::OnSuccess
+            && !c.running
+            && code != 0
+            && code & 128 == 0
+            && self.wanted.get(&c.id).is_some_and(|w| !w.is_empty())
+    }
+
+    fn retain(&mut self, id: &str, exit_code: String) {
+        if self.retained.insert(id.to_owned()) {
+            self.notes.push(Note::Retained { container: id.to_owned(), exit_code });
+        }
     }
 
     fn want(&mut self, c: &Container) {
         let d = service::desired(c, &self.rules);
-        let before = self.problems.get(&c.id).map(Vec::as_slice).unwrap_or_default();
-        if before != d.problems.as_slice() {
-            self.notes.push(Note::Problems {
-                container: c.name.clone(),
-                id: c.id.clone(),
-                problems: d.problems.clone(),
-            });
+        let now = (d.problems, d.warnings);
+        let before = self.problems.get(&c.id).cloned().unwrap_or_default();
+        if before != now {
+            let (problems, warnings) = now.clone();
+            self.notes.push(Note::Problems { container: c.name.clone(), id: c.id.clone(), problems, warnings });
         }
-        if d.problems.is_empty() {
+        if now.0.is_empty() && now.1.is_empty() {
             self.problems.remove(&c.id);
         } else {
-            self.problems.insert(c.id.clone(), d.problems);
+            self.problems.insert(c.id.clone(), now);
         }
         if d.services.is_empty() {
             self.wanted.remove(&c.id);
@@ -632,6 +657,13 @@ fn op_name(op: &Op) -> String {
     }
 }
 
+/// Whether a `die` event tells of a crash: a non-zero exit code that is not
+/// a death by signal (128 + n, e.g. 137 for an OOM kill), as Go
+/// Registrator's `-deregister on-success` reads it.
+fn crashed(attributes: &HashMap<String, String>) -> bool {
+    attributes.get("exitCode").and_then(|c| c.parse::<i64>().ok()).is_some_and(|code| code != 0 && code & 128 == 0)
+}
+
 /// SIGTERM, SIGKILL, SIGINT and SIGQUIT ask a container to go away.
 fn is_stop_signal(signal: &str) -> bool {
     matches!(signal, "15" | "9" | "2" | "3" | "SIGTERM" | "SIGKILL" | "SIGINT" | "SIGQUIT")
@@ -769,6 +801,29 @@ mod tests {
         assert!(!s.on_event("destroy", "a", &HashMap::new()));
         assert_eq!(deregisters(&s.plan(now, false)), ["host1:a:80"]);
         assert!(s.take_notes().iter().any(|n| matches!(n, Note::Retained { container, .. } if container == "a")));
+    }
+
+    #[test]
+    fn on_success_looks_at_a_container_gone_from_the_list_before_its_die_event() {
+        let now = Instant::now();
+        let mut s = State::new(rules(), Deregister::OnSuccess, Timing::default());
+        s.on_snapshot(&[container("a", "hello"), container("b", "ok"), container("c", "oom")]);
+        s.on_consul_services(&HashMap::new(), now);
+        apply_all(&mut s, now);
+        let mut look = s.on_snapshot(&[]);
+        look.sort();
+        assert_eq!(look, ["a", "b", "c"], "exit codes decide");
+        assert!(s.plan(now, false).is_empty(), "nothing goes before the look");
+        let exited = |id: &str, code: i64| Container { running: false, exit_code: Some(code), ..container(id, "x") };
+        s.on_inspected("a", Some(&exited("a", 3)));
+        s.on_inspected("b", Some(&exited("b", 0)));
+        s.on_inspected("c", Some(&exited("c", 137)));
+        let mut gone = deregisters(&s.plan(now, false)).into_iter().map(str::to_owned).collect::<Vec<_>>();
+        gone.sort();
+        assert_eq!(gone, ["host1:b:80", "host1:c:80"], "a crash stays; a clean exit and a kill by signal go");
+        let always = &mut state();
+        always.on_snapshot(&[container("a", "hello")]);
+        assert!(always.on_snapshot(&[]).is_empty(), "-deregister always needs no look");
     }
 
     #[test]

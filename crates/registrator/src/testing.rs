@@ -14,7 +14,11 @@ pub fn container(id: &str, name: &str) -> Container {
         running: true,
         env: [("SERVICE_NAME".to_owned(), name.to_owned())].into(),
         ports: vec![Port { number: 80, udp: false }],
-        networks: [(NET.to_owned(), NetworkAddress { ipv4: Some("172.20.0.5".parse().unwrap()), ipv6: None })].into(),
+        networks: [(
+            NET.to_owned(),
+            NetworkAddress { ipv4: Some("172.20.0.5".parse().unwrap()), ipv6: None, gateway: None },
+        )]
+        .into(),
         ..Container::default()
     }
 }

@@ -89,8 +89,11 @@ fn container() -> impl Strategy<Value = registrator::container::Container> {
             running: true,
             env,
             ports: vec![Port { number: 80, udp: false }, Port { number: 8080, udp: false }],
-            networks: [("proj_default".to_owned(), NetworkAddress { ipv4: "172.20.0.5".parse().ok(), ipv6: None })]
-                .into(),
+            networks: [(
+                "proj_default".to_owned(),
+                NetworkAddress { ipv4: "172.20.0.5".parse().ok(), ipv6: None, gateway: None },
+            )]
+            .into(),
             ..Container::default()
         }
     })
