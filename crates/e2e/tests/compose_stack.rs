@@ -63,4 +63,33 @@ async fn scaled_instances_are_routed_and_resolvable() {
         if srv.len() == 1 { Ok(()) } else { Err(format!("{srv:?}")) }
     })
     .await;
+
+    // The replaced stack's own example, run beside the stack with plain
+    // `docker run` on the default bridge, its port published at random:
+    // registered at the host's address and published port, and routed.
+    let seed = Seed(format!("{}-hello1", stack.project));
+    let ran = std::process::Command::new("docker")
+        .args(["run", "-d", "--name", &seed.0, "-e", "SERVICE_NAME=hello1", "-e", "SERVICE_TAGS=rest"])
+        .args(["-h", "hello1", "-p", ":80", "portolan/hello"])
+        .output()
+        .unwrap();
+    assert!(ran.status.success(), "{}", String::from_utf8_lossy(&ran.stderr));
+    let since = Instant::now();
+    eventually("/hello1 answered by the container started with docker run -p :80", Duration::from_secs(20), || async {
+        match stack.get("/hello1").await {
+            Answer::Host(h) if h == "hello1" => Ok(()),
+            other => Err(format!("{other:?}\n{}", stack.logs())),
+        }
+    })
+    .await;
+    eprintln!("docker run -p :80 beside the stack routed at /hello1 {:?} after docker run returned", since.elapsed());
+}
+
+/// A container started beside the stack, removed however the test ends.
+struct Seed(String);
+
+impl Drop for Seed {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("docker").args(["rm", "-f", &self.0]).output();
+    }
 }

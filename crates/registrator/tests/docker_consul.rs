@@ -4,70 +4,18 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use consul::{AgentService, HealthStatus, Registration};
+use consul::{HealthStatus, Registration};
 use registrator::docker::Engine;
 use registrator::service::{CONTAINER_META, OWNER_META};
 use registrator::{Deregister, Options, Registrar, Rules};
-use testkit::{TestConsul, eventually, free_port};
+use testkit::{TestConsul, eventually};
 use tokio_util::sync::CancellationToken;
 
-const IMAGE: &str = "debian:trixie-slim";
-const LIMIT: Duration = Duration::from_secs(10);
-
-/// Docker objects made by one test, removed when it ends.
-struct Scene {
-    tag: String,
-    network: String,
-    containers: Vec<String>,
-}
-
-impl Scene {
-    fn new() -> Self {
-        let tag = format!("rt{}", free_port());
-        let network = format!("{tag}-net");
-        docker(&["network", "create", &network]);
-        Self { tag, network, containers: Vec::new() }
-    }
-
-    /// Starts a container; `args` go before the image (env, expose, ...).
-    fn run(&mut self, name: &str, args: &[&str], cmd: &[&str]) -> String {
-        let name = format!("{}-{name}", self.tag);
-        let mut all = vec!["run", "-d", "--name", &name, "--network", &self.network];
-        all.extend_from_slice(args);
-        all.push(IMAGE);
-        all.extend_from_slice(if cmd.is_empty() { &["sleep", "infinity"] } else { cmd });
-        let id = docker(&all);
-        self.containers.push(name);
-        id
-    }
-
-    fn service(&self, name: &str) -> String {
-        format!("{}-{name}", self.tag)
-    }
-}
-
-impl Drop for Scene {
-    fn drop(&mut self) {
-        for c in &self.containers {
-            let _ = Command::new("docker").args(["rm", "-f", c]).output();
-        }
-        let _ = Command::new("docker").args(["network", "rm", &self.network]).output();
-    }
-}
-
-fn docker(args: &[&str]) -> String {
-    let out = Command::new("docker").args(args).output().expect("docker CLI");
-    assert!(out.status.success(), "docker {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
-
-fn container_ip(name: &str, network: &str) -> String {
-    docker(&["inspect", "-f", &format!("{{{{(index .NetworkSettings.Networks \"{network}\").IPAddress}}}}"), name])
-}
+mod common;
+use common::*;
 
 struct Running {
     shutdown: CancellationToken,
@@ -101,34 +49,6 @@ fn start_registrator_with(
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(registrator::run(registrar.clone(), opts, shutdown.clone()));
     (Running { shutdown, task, owner }, registrar)
-}
-
-/// The value of one sample in Prometheus text.
-fn metric(text: &str, sample: &str) -> f64 {
-    text.lines()
-        .find_map(|line| line.strip_prefix(sample).and_then(|rest| rest.strip_prefix(' ')))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no sample {sample}"))
-}
-
-async fn health_of(consul: &TestConsul, name: &str) -> Vec<HealthStatus> {
-    let entries = consul.client().health_service(name, 0, Duration::ZERO).await.expect("health");
-    entries.value.iter().map(|e| e.status()).collect()
-}
-
-async fn services_named(consul: &TestConsul, name: &str) -> Vec<AgentService> {
-    let all = consul.client().agent_services().await.expect("agent services");
-    let mut v: Vec<_> = all.into_values().filter(|s| s.service == name).collect();
-    v.sort_by(|a, b| a.id.cmp(&b.id));
-    v
-}
-
-async fn wait_count(consul: &TestConsul, name: &str, n: usize) -> Vec<AgentService> {
-    eventually(&format!("{n} instance(s) of {name}"), LIMIT, || async {
-        let v = services_named(consul, name).await;
-        if v.len() == n { Ok(v) } else { Err(format!("{v:?}")) }
-    })
-    .await
 }
 
 #[tokio::test]
@@ -318,50 +238,6 @@ async fn on_success_keeps_a_crashed_container_registered_until_it_is_removed() {
     assert!(metric(&text, "registrator_docker_events_total{action=\"die\"}") >= 2.0, "{text}");
     assert_eq!(metric(&text, "registrator_services"), 0.0, "{text}");
     reg.stop().await;
-}
-
-/// A registrator process (the built binary), its log in a file.
-struct Process {
-    child: std::process::Child,
-    log: std::path::PathBuf,
-    admin: u16,
-}
-
-impl Process {
-    fn start(consul: &TestConsul, owner: &str, token: Option<&str>) -> Process {
-        Self::start_with(consul, owner, token, &[])
-    }
-
-    fn start_with(consul: &TestConsul, owner: &str, token: Option<&str>, env: &[(&str, &str)]) -> Process {
-        let admin = free_port();
-        let log = std::env::temp_dir().join(format!("registrator-{owner}-{admin}.log"));
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_registrator"));
-        cmd.args(["--owner", owner, "--metrics-addr", &format!("127.0.0.1:{admin}"), "--log-format", "json"])
-            .arg(format!("consul://{}", consul.http))
-            .env("RUST_LOG", "debug")
-            .env_remove("CONSUL_HTTP_TOKEN")
-            .envs(env.iter().copied())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap());
-        if let Some(token) = token {
-            cmd.env("CONSUL_HTTP_TOKEN", token);
-        }
-        Process { child: cmd.spawn().unwrap(), log, admin }
-    }
-
-    async fn health(&self) -> Result<(u16, String), String> {
-        let resp = reqwest::get(format!("http://127.0.0.1:{}/health", self.admin)).await.map_err(|e| e.to_string())?;
-        let status = resp.status().as_u16();
-        Ok((status, resp.text().await.map_err(|e| e.to_string())?))
-    }
-
-    fn stop(mut self) -> String {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let _ = std::fs::remove_file(&self.log);
-        log
-    }
 }
 
 #[tokio::test]

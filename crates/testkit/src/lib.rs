@@ -186,3 +186,81 @@ fn spawn(node: &str, ports: Option<(SocketAddr, SocketAddr)>, extra: &[String]) 
         .expect("start `consul` (run scripts/install-deps)");
     (child, http, dns)
 }
+
+/// A TCP proxy on loopback in front of `upstream` that keeps every byte
+/// clients sent, to count the requests a program makes (HTTP/1.1 request
+/// lines, or any text in them). While the upstream does not answer, a
+/// client's connection is accepted and closed at once, and counted.
+pub struct CountingProxy {
+    pub addr: SocketAddr,
+    sent: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    connections: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl CountingProxy {
+    pub async fn start(upstream: SocketAddr) -> CountingProxy {
+        use std::sync::atomic::Ordering;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind the proxy");
+        let addr = listener.local_addr().expect("proxy address");
+        let sent = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let connections = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let task = tokio::spawn({
+            let (sent, connections) = (sent.clone(), connections.clone());
+            async move {
+                while let Ok((client, _)) = listener.accept().await {
+                    connections.fetch_add(1, Ordering::Relaxed);
+                    let sent = sent.clone();
+                    tokio::spawn(async move {
+                        let Ok(server) = tokio::net::TcpStream::connect(upstream).await else { return };
+                        let (mut client_rx, mut client_tx) = client.into_split();
+                        let (mut server_rx, mut server_tx) = server.into_split();
+                        let up = async {
+                            let mut buf = vec![0u8; 16 * 1024];
+                            while let Ok(n @ 1..) = client_rx.read(&mut buf).await {
+                                sent.lock().expect("lock").extend_from_slice(&buf[..n]);
+                                if server_tx.write_all(&buf[..n]).await.is_err() {
+                                    break;
+                                }
+                            }
+                            let _ = server_tx.shutdown().await;
+                        };
+                        let down = async {
+                            let _ = tokio::io::copy(&mut server_rx, &mut client_tx).await;
+                            let _ = client_tx.shutdown().await;
+                        };
+                        tokio::join!(up, down);
+                    });
+                }
+            }
+        });
+        CountingProxy { addr, sent, connections, task }
+    }
+
+    /// How often `text` occurs in what clients sent.
+    pub fn count(&self, text: &str) -> usize {
+        let sent = self.sent.lock().expect("lock");
+        let needle = text.as_bytes();
+        if needle.is_empty() || sent.len() < needle.len() {
+            return 0;
+        }
+        sent.windows(needle.len()).filter(|w| *w == needle).count()
+    }
+
+    /// HTTP/1.1 requests sent so far.
+    pub fn requests(&self) -> usize {
+        self.count(" HTTP/1.1\r\n")
+    }
+
+    /// Connections accepted so far (each attempt, answered or not).
+    pub fn connections(&self) -> usize {
+        self.connections.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl Drop for CountingProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
