@@ -26,24 +26,18 @@ impl Scene {
     }
 
     pub async fn start_one(&self, service: &str) -> anyhow::Result<String> {
+        self.start_one_with(service, &[]).await
+    }
+
+    /// Starts one container asking for `service`, with more `KEY=value` settings.
+    pub async fn start_one_with(&self, service: &str, settings: &[&str]) -> anyhow::Result<String> {
         let label = format!("portolan-bench={}", self.label);
         let env = format!("SERVICE_NAME={service}");
-        let args = [
-            "run",
-            "-d",
-            "--rm",
-            "--label",
-            &label,
-            "--network",
-            &self.network,
-            "-e",
-            &env,
-            "--expose",
-            "80",
-            crate::IMAGE,
-            "sleep",
-            "infinity",
-        ];
+        let mut args = vec!["run", "-d", "--rm", "--label", &label, "--network", &self.network, "-e", &env];
+        for setting in settings {
+            args.extend(["-e", setting]);
+        }
+        args.extend(["--expose", "80", crate::IMAGE, "sleep", "infinity"]);
         let out = tokio::process::Command::new("docker").args(args).output().await.context("docker run")?;
         if !out.status.success() {
             bail!("docker run: {}", String::from_utf8_lossy(&out.stderr));

@@ -82,7 +82,7 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Report { dir } => report::write(&cli.out, dir, "scripts/bench report")?,
         Scenario::All { dir } => {
             let started = std::time::Instant::now();
-            let reg = registrator::Opts { starts: 50, running: vec![50, 200], kill: 50 };
+            let reg = registrator::Opts { starts: 50, running: vec![50, 200], kill: 50, refused_secs: 150 };
             write(&cli.out, "registrator", &registrator::run(&reg, &cli.bin_dir.join("registrator"), &cli.out).await?)?;
             let hs = haproxy::Opts {
                 changes: 50,

@@ -30,6 +30,9 @@ pub struct Opts {
     /// Containers killed at once.
     #[arg(long, default_value_t = 50)]
     pub kill: usize,
+    /// Seconds a container Consul refuses is watched (its first minute, then the rest).
+    #[arg(long, default_value_t = 150)]
+    pub refused_secs: u64,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -47,6 +50,22 @@ pub struct Results {
     pub kill_to_gone: Summary,
     pub rss_idle_empty_mib: f64,
     pub rss_idle_loaded_mib: f64,
+    pub refused: Refused,
+}
+
+/// A container whose registration Consul refuses (a script check on an
+/// agent that allows none), beside containers that come and go.
+#[derive(Debug, Default, Serialize)]
+pub struct Refused {
+    pub watched_s: f64,
+    /// Registration requests for it in its first minute (or all of them when watched less).
+    pub attempts_first_minute: usize,
+    /// ... and per minute after that (`None` when watched a minute or less).
+    pub attempts_per_minute_after: Option<f64>,
+    /// Log lines about it.
+    pub log_lines: usize,
+    /// Docker `start` → in Consul for other containers meanwhile.
+    pub start_to_consul_beside: Summary,
 }
 
 /// registrator started against an empty Consul with `running` containers.
@@ -62,6 +81,7 @@ pub struct Resync {
 }
 
 const LAT_SERVICE: &str = "bench-lat";
+const REFUSED_SERVICE: &str = "bench-refused";
 const MANY_SERVICE: &str = "bench-many";
 
 pub async fn run(opts: &Opts, bin: &PathBuf, out: &std::path::Path) -> anyhow::Result<Results> {
@@ -75,32 +95,41 @@ pub async fn run(opts: &Opts, bin: &PathBuf, out: &std::path::Path) -> anyhow::R
     results.rss_idle_empty_mib = rss_mib(child.0.id()).unwrap_or_default();
 
     // 1. start event → visible in Consul, one container at a time.
-    let starts: Arc<Mutex<HashMap<String, SystemTime>>> = Arc::default();
-    let seen: Arc<Mutex<HashMap<String, SystemTime>>> = Arc::default();
-    let events = tokio::spawn(record_events("start", starts.clone()));
-    let watch = tokio::spawn(record_presence(consul.client(), LAT_SERVICE, seen.clone(), Times::default()));
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let mut latencies = Vec::new();
-    for _ in 0..opts.starts {
-        let id = scene.start_one(LAT_SERVICE).await?;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let (start, found) = (starts.lock().unwrap().get(&id).copied(), seen.lock().unwrap().get(&id).copied());
-            if let (Some(start), Some(found)) = (start, found) {
-                latencies.push(found.duration_since(start).unwrap_or_default());
-                break;
-            }
-            if Instant::now() > deadline {
-                bail!("container {id} not seen in Consul within 10 s");
-            }
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    events.abort();
-    watch.abort();
-    results.start_to_consul = Summary::of(&latencies);
+    results.start_to_consul = Summary::of(&start_latencies(&scene, &consul, opts.starts).await?);
     eprintln!("[registrator] start → Consul: {}", results.start_to_consul);
+    scene.remove_all();
+    wait_for(&consul, LAT_SERVICE, 0, Duration::from_secs(30)).await?;
+
+    // 1b. A container Consul refuses, watched through a proxy that counts
+    // registrator's requests; others come meanwhile.
+    child.kill();
+    let proxy = testkit::CountingProxy::start(consul.http).await;
+    let log_before = log_text(&log).lines().count();
+    child = spawn_at(bin, &format!("consul://{}", proxy.addr), &log)?;
+    let id = scene.start_one_with(REFUSED_SERVICE, &["SERVICE_CHECK_SCRIPT=/bin/true"]).await?;
+    let name = crate::docker::docker(&["inspect", "-f", "{{.Name}}", &id])?;
+    let needle = format!("\"ID\":\"bench:{}:80\"", name.trim_start_matches('/'));
+    let t0 = Instant::now();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let beside = start_latencies(&scene, &consul, opts.starts.div_ceil(2)).await?;
+    let watch = Duration::from_secs(opts.refused_secs);
+    let minute = Duration::from_secs(60).min(watch);
+    tokio::time::sleep((t0 + minute).saturating_duration_since(Instant::now())).await;
+    let first = proxy.count(&needle);
+    tokio::time::sleep((t0 + watch).saturating_duration_since(Instant::now())).await;
+    let after = proxy.count(&needle) - first;
+    let lines = log_text(&log).lines().skip(log_before).filter(|l| l.contains("refuses the registration")).count();
+    results.refused = Refused {
+        watched_s: t0.elapsed().as_secs_f64(),
+        attempts_first_minute: first,
+        attempts_per_minute_after: (watch > minute).then(|| after as f64 * 60.0 / (watch - minute).as_secs_f64()),
+        log_lines: lines,
+        start_to_consul_beside: Summary::of(&beside),
+    };
+    eprintln!(
+        "[registrator] refused container: {} attempts in its first minute, {:?} a minute after, {} log lines; others meanwhile start → Consul {}",
+        first, results.refused.attempts_per_minute_after, lines, results.refused.start_to_consul_beside
+    );
     scene.remove_all();
     wait_for(&consul, LAT_SERVICE, 0, Duration::from_secs(30)).await?;
 
@@ -169,6 +198,40 @@ pub async fn run(opts: &Opts, bin: &PathBuf, out: &std::path::Path) -> anyhow::R
     Ok(results)
 }
 
+/// Starts `n` containers one at a time; for each, Docker's `start` event →
+/// its instance in Consul's health API.
+async fn start_latencies(scene: &Scene, consul: &TestConsul, n: usize) -> anyhow::Result<Vec<Duration>> {
+    let starts: Arc<Mutex<HashMap<String, SystemTime>>> = Arc::default();
+    let seen: Arc<Mutex<HashMap<String, SystemTime>>> = Arc::default();
+    let events = tokio::spawn(record_events("start", starts.clone()));
+    let watch = tokio::spawn(record_presence(consul.client(), LAT_SERVICE, seen.clone(), Times::default()));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut latencies = Vec::new();
+    for _ in 0..n {
+        let id = scene.start_one(LAT_SERVICE).await?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (start, found) = (starts.lock().unwrap().get(&id).copied(), seen.lock().unwrap().get(&id).copied());
+            if let (Some(start), Some(found)) = (start, found) {
+                latencies.push(found.duration_since(start).unwrap_or_default());
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("container {id} not seen in Consul within 10 s");
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    events.abort();
+    watch.abort();
+    Ok(latencies)
+}
+
+fn log_text(log: &std::path::Path) -> String {
+    std::fs::read_to_string(log).unwrap_or_default()
+}
+
 /// The registrator child process, killed on drop.
 struct Registrator(Child);
 
@@ -186,10 +249,14 @@ impl Drop for Registrator {
 }
 
 fn spawn(bin: &PathBuf, consul: &TestConsul, log: &std::path::Path) -> anyhow::Result<Registrator> {
+    spawn_at(bin, &format!("consul://{}", consul.http), log)
+}
+
+fn spawn_at(bin: &PathBuf, consul_uri: &str, log: &std::path::Path) -> anyhow::Result<Registrator> {
     let log = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
     let child = Command::new(bin)
         .args(["--owner", "bench", "--resync", "0", "--metrics-addr", "", "--log-format", "json"])
-        .arg(format!("consul://{}", consul.http))
+        .arg(consul_uri)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log)

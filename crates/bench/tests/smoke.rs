@@ -27,11 +27,14 @@ fn every_scenario_runs_small_and_the_report_is_written() {
     let out = std::env::temp_dir().join(format!("portolan-bench-smoke-{}", std::process::id()));
     std::fs::create_dir_all(&out).unwrap();
 
-    bench(&out, &["registrator", "--starts", "2", "--running", "2,3", "--kill", "1"]);
+    bench(&out, &["registrator", "--starts", "2", "--running", "2,3", "--kill", "1", "--refused-secs", "4"]);
     let reg = json(&out, "registrator");
     assert_eq!(reg["start_to_consul"]["n"], 2);
     assert_eq!(reg["resyncs"].as_array().unwrap().len(), 2);
     assert_eq!(reg["kill_to_gone"]["n"], 1);
+    assert!(reg["refused"]["attempts_first_minute"].as_u64().unwrap() >= 1, "{reg}");
+    assert_eq!(reg["refused"]["log_lines"], 1, "{reg}");
+    assert_eq!(reg["refused"]["start_to_consul_beside"]["n"], 1);
 
     bench(
         &out,

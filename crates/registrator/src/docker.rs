@@ -48,7 +48,8 @@ impl Engine {
 
     /// One container, or `None` when it no longer exists. A container in
     /// another's network namespace (`--net=container:<id>`) gets that one's
-    /// networks and published ports, where its services are reached.
+    /// networks and published ports (and its ports, when it has none of its
+    /// own), where its services are reached.
     pub async fn inspect(&self, id: &str) -> Result<Option<Container>, DockerError> {
         let Some(mut c) = self.inspect_one(id).await? else { return Ok(None) };
         if let Some(owner) = c.network_container.clone() {
@@ -56,6 +57,11 @@ impl Engine {
                 c.networks = net.networks;
                 c.published = net.published;
                 c.host_network = net.host_network;
+                // Docker refuses --expose in another's namespace: the ports
+                // are that one's, unless the image exposes its own.
+                if c.ports.is_empty() {
+                    c.ports = net.ports;
+                }
             }
         }
         Ok(Some(c))
@@ -69,9 +75,10 @@ impl Engine {
         }
     }
 
-    /// Container events from now (or from `since`, a Unix time in seconds).
+    /// Container events, and network (dis)connections of containers, from
+    /// now (or from `since`, a Unix time in seconds).
     pub fn events(&self, since: Option<i64>) -> impl Stream<Item = Result<EventMessage, DockerError>> + use<> {
-        let filters = HashMap::from([("type".to_owned(), vec!["container".to_owned()])]);
+        let filters = HashMap::from([("type".to_owned(), vec!["container".to_owned(), "network".to_owned()])]);
         let opts = EventsOptions { since: since.map(|s| s.to_string()), until: None, filters: Some(filters) };
         self.docker.events(Some(opts))
     }

@@ -296,12 +296,15 @@ async fn follow_events(engine: Engine, metrics: Metrics, tx: mpsc::UnboundedSend
                     backoff.reset();
                     metrics.docker_connected.set(1);
                     let Some(actor) = ev.actor else { continue };
-                    let Some(id) = actor.id else { continue };
+                    let attributes = actor.attributes.unwrap_or_default();
                     let action = ev.action.unwrap_or_default();
                     let action = action.split(':').next().unwrap_or_default().to_owned();
+                    // A network event names the container it (dis)connected.
+                    let network = ev.typ == Some(bollard::models::EventMessageTypeEnum::NETWORK);
+                    let id = if network { attributes.get("container").cloned() } else { actor.id };
+                    let Some(id) = id else { continue };
                     metrics.events.get_or_create(&ActionLabel { action: action.clone() }).inc();
                     debug!(action, id = %short(&id), "docker event");
-                    let attributes = actor.attributes.unwrap_or_default();
                     let _ = tx.send(Work::Event { action, id, attributes });
                 }
                 Some(Err(e)) => {
@@ -329,7 +332,61 @@ async fn follow_events(engine: Engine, metrics: Metrics, tx: mpsc::UnboundedSend
     }
 }
 
-/// The loop itself, fed by `rx`: events, and `Connected` for a full look.
+/// A piece of I/O the loop runs; at most [`IN_FLIGHT`] at once.
+enum Job {
+    /// List and inspect every running container.
+    LookAll,
+    Inspect(String),
+    /// Read the agent's services.
+    LookConsul,
+    Op(Op),
+}
+
+enum Done {
+    Snapshot(Result<Vec<Container>, bollard::errors::Error>),
+    Inspected(String, Result<Option<Container>, bollard::errors::Error>),
+    Services(Result<HashMap<String, AgentService>, consul::Error>),
+    Executed(Op, Outcome),
+}
+
+const IN_FLIGHT: usize = 16;
+
+/// What the loop does between [`State`]'s decisions: which looks are wanted
+/// or running, which services have an op in flight, and what the current
+/// busy spell (from idle to idle) has done.
+#[derive(Default)]
+struct Pending {
+    queue: std::collections::VecDeque<Job>,
+    /// A full look is wanted (stream connected, `--resync`, Docker retry).
+    full: bool,
+    /// A look at the agent is wanted (`--verify`, after a full look).
+    look_consul: bool,
+    looking_all: bool,
+    looking_consul: bool,
+    /// The next plan also refreshes Docker-health checks (after a full look).
+    refresh: bool,
+    /// Containers waiting for their inspect, being inspected, and to
+    /// inspect again after (an event came while the inspect ran).
+    queued: BTreeSet<String>,
+    inspecting: BTreeSet<String>,
+    again: BTreeSet<String>,
+    /// Services with an op in flight: nothing else is planned for them until it ends.
+    busy: BTreeSet<String>,
+    spell: Option<Spell>,
+}
+
+/// From busy to idle: what it did, for the `resynced` line and the metrics.
+struct Spell {
+    started: Instant,
+    full: bool,
+    registered: usize,
+    deregistered: usize,
+}
+
+/// The loop itself, fed by `rx`: Docker events, and `Connected` for a full
+/// look. Every look and op runs as soon as it may (at most [`IN_FLIGHT`] at
+/// once): a container's changes never wait for another's inspect, and
+/// events keep arriving while anything runs.
 pub async fn drive<D: Docker, A: Agent>(
     registrar: &Registrar<D, A>,
     mut rx: mpsc::UnboundedReceiver<Work>,
@@ -340,96 +397,179 @@ pub async fn drive<D: Docker, A: Agent>(
     let far = Duration::from_secs(365 * 24 * 3600);
     let mut next_resync = Instant::now() + opts.resync_every.unwrap_or(far);
     let mut next_verify = Instant::now() + opts.verify_every.unwrap_or(far);
+    let mut w = Pending::default();
+    let mut inflight = futures_util::stream::FuturesUnordered::new();
     loop {
-        let mut full = false;
-        let mut verify = false;
-        let mut dirty = BTreeSet::new();
-        let wake = state.next_retry().unwrap_or_else(|| Instant::now() + far);
-        let mut take = |w: Work, state: &mut State, full: &mut bool| match w {
-            Work::Connected => *full = true,
-            Work::Event { action, id, attributes } => {
-                if state.on_event(&action, &id, &attributes) {
-                    dirty.insert(id);
+        // Start what is wanted and may run now.
+        let now = Instant::now();
+        if (w.full || state.docker_look_due(now)) && !w.looking_all && state.docker_may_try(now) {
+            w.full = false;
+            w.looking_all = true;
+            w.queue.push_front(Job::LookAll);
+        }
+        if (w.look_consul || state.consul_needs_look()) && !w.looking_consul && state.consul_may_try(now) {
+            w.look_consul = false;
+            w.looking_consul = true;
+            w.queue.push_front(Job::LookConsul);
+        }
+        if !w.looking_consul {
+            for op in state.plan(now, std::mem::take(&mut w.refresh)) {
+                if w.busy.insert(op.service_id().to_owned()) {
+                    w.queue.push_back(Job::Op(op));
                 }
             }
-        };
+        }
+        while inflight.len() < IN_FLIGHT {
+            let Some(job) = w.queue.pop_front() else { break };
+            if w.spell.is_none() {
+                w.spell = Some(Spell { started: Instant::now(), full: false, registered: 0, deregistered: 0 });
+            }
+            match &job {
+                Job::LookAll => w.spell.as_mut().into_iter().for_each(|spell| spell.full = true),
+                Job::Inspect(id) => {
+                    w.queued.remove(id);
+                    w.inspecting.insert(id.clone());
+                }
+                Job::LookConsul | Job::Op(_) => {}
+            }
+            inflight.push(run_job(registrar, job));
+        }
+        if inflight.is_empty() {
+            finish_spell(registrar, &mut state, &mut w);
+        }
+
+        let wake =
+            (state.next_retry_but(&w.busy, w.looking_consul, w.looking_all)).unwrap_or_else(|| Instant::now() + far);
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            w = rx.recv() => match w {
-                Some(w) => take(w, &mut state, &mut full),
+            got = rx.recv() => match got {
+                Some(got) => {
+                    take(&mut state, &mut w, got);
+                    // A burst of events is taken at once.
+                    while let Ok(got) = rx.try_recv() {
+                        take(&mut state, &mut w, got);
+                    }
+                }
                 None => return,
             },
-            _ = tokio::time::sleep_until(next_resync) => full = true,
-            _ = tokio::time::sleep_until(next_verify) => verify = true,
+            Some(done) = inflight.next(), if !inflight.is_empty() => {
+                settle(registrar, &mut state, &mut w, done);
+            }
+            _ = tokio::time::sleep_until(next_resync) => {
+                next_resync = Instant::now() + opts.resync_every.unwrap_or(far);
+                w.full = true;
+            }
+            _ = tokio::time::sleep_until(next_verify) => {
+                next_verify = Instant::now() + opts.verify_every.unwrap_or(far);
+                w.look_consul = true;
+            }
             _ = tokio::time::sleep_until(wake) => {}
-        }
-        // A burst of events is one round: each container once.
-        while let Ok(w) = rx.try_recv() {
-            take(w, &mut state, &mut full);
-        }
-        let started = Instant::now();
-        let now = started;
-        if full {
-            next_resync = now + opts.resync_every.unwrap_or(far);
-        }
-        if verify {
-            next_verify = now + opts.verify_every.unwrap_or(far);
-        }
-
-        // Docker: everything, or the containers the events named.
-        let full = (full && state.docker_may_try(now)) || state.docker_look_due(now);
-        if full {
-            match registrar.look_all().await {
-                Ok(containers) => {
-                    state.on_docker_answered(Instant::now());
-                    dirty = state.on_snapshot(&containers).into_iter().collect();
-                }
-                Err(e) => state.on_docker_failed(e.to_string(), Instant::now()),
-            }
-        }
-        if !dirty.is_empty() && !state.docker_look_due(Instant::now()) {
-            let looks = stream::iter(dirty).map(|id| async move { (registrar.docker.inspect(&id).await, id) });
-            for (found, id) in looks.buffer_unordered(16).collect::<Vec<_>>().await {
-                match found {
-                    Ok(c) => state.on_inspected(&id, c.as_ref()),
-                    Err(e) => state.on_docker_failed(e.to_string(), Instant::now()),
-                }
-            }
-        }
-
-        // Consul: look when asked to, at start, and to probe an agent that
-        // did not answer (one request per retry, before anything else).
-        let now = Instant::now();
-        if (verify || full || state.consul_needs_look()) && state.consul_may_try(now) {
-            match registrar.agent.services().await {
-                Ok(current) => state.on_consul_services(&current, Instant::now()),
-                Err(e) => {
-                    registrar.metrics.consul_errors.inc();
-                    state.on_consul_failed(e.to_string(), Instant::now());
-                }
-            }
-        }
-        let ops = state.plan(Instant::now(), full);
-        if !ops.is_empty() {
-            let runs = stream::iter(ops.iter().cloned()).map(|op| async move { (registrar.execute(&op).await, op) });
-            for (outcome, op) in runs.buffer_unordered(16).collect::<Vec<_>>().await {
-                state.on_outcome(&op, outcome, Instant::now());
-            }
         }
         state.prune_refused();
         registrar.log(state.take_notes());
         registrar.publish(&state);
-        if full || !ops.is_empty() {
-            let kind = if full { "resync" } else { "container" };
-            registrar
-                .metrics
-                .reconcile_seconds
-                .get_or_create(&KindLabel { kind })
-                .observe(started.elapsed().as_secs_f64());
-            if state.unhealthy().is_none() {
-                registrar.metrics.mark_success();
+    }
+}
+
+/// Takes what the event stream sent.
+fn take(state: &mut State, w: &mut Pending, got: Work) {
+    match got {
+        Work::Connected => w.full = true,
+        Work::Event { action, id, attributes } => {
+            if state.on_event(&action, &id, &attributes) {
+                inspect(w, id);
             }
         }
+    }
+}
+
+fn inspect(w: &mut Pending, id: String) {
+    if w.inspecting.contains(&id) {
+        w.again.insert(id);
+    } else if w.queued.insert(id.clone()) {
+        w.queue.push_back(Job::Inspect(id));
+    }
+}
+
+async fn run_job<D: Docker, A: Agent>(registrar: &Registrar<D, A>, job: Job) -> Done {
+    match job {
+        Job::LookAll => Done::Snapshot(registrar.look_all().await),
+        Job::Inspect(id) => {
+            let found = registrar.docker.inspect(&id).await;
+            Done::Inspected(id, found)
+        }
+        Job::LookConsul => Done::Services(registrar.agent.services().await),
+        Job::Op(op) => {
+            let outcome = registrar.execute(&op).await;
+            Done::Executed(op, outcome)
+        }
+    }
+}
+
+/// Takes what a job found or did back into the state.
+fn settle<D: Docker, A: Agent>(registrar: &Registrar<D, A>, state: &mut State, w: &mut Pending, done: Done) {
+    let now = Instant::now();
+    match done {
+        Done::Snapshot(Ok(containers)) => {
+            w.looking_all = false;
+            state.on_docker_answered(now);
+            for id in state.on_snapshot(&containers) {
+                inspect(w, id);
+            }
+            // What the agent holds is looked at again, and Docker-health
+            // checks refreshed, after every full look.
+            w.look_consul = true;
+            w.refresh = true;
+        }
+        Done::Snapshot(Err(e)) => {
+            w.looking_all = false;
+            state.on_docker_failed(e.to_string(), now);
+        }
+        Done::Inspected(id, found) => {
+            w.inspecting.remove(&id);
+            match found {
+                Ok(c) => state.on_inspected(&id, c.as_ref()),
+                Err(e) => state.on_docker_failed(e.to_string(), now),
+            }
+            if w.again.remove(&id) {
+                inspect(w, id);
+            }
+        }
+        Done::Services(Ok(current)) => {
+            w.looking_consul = false;
+            state.on_consul_services(&current, now);
+        }
+        Done::Services(Err(e)) => {
+            w.looking_consul = false;
+            registrar.metrics.consul_errors.inc();
+            state.on_consul_failed(e.to_string(), now);
+        }
+        Done::Executed(op, outcome) => {
+            w.busy.remove(op.service_id());
+            if let (Outcome::Done, Some(spell)) = (&outcome, w.spell.as_mut()) {
+                match op {
+                    Op::Register(_) => spell.registered += 1,
+                    Op::Deregister { .. } => spell.deregistered += 1,
+                    Op::Refresh(_) => {}
+                }
+            }
+            state.on_outcome(&op, outcome, now);
+        }
+    }
+}
+
+/// Everything started is done: reports the spell that ends.
+fn finish_spell<D: Docker, A: Agent>(registrar: &Registrar<D, A>, state: &mut State, w: &mut Pending) {
+    let Some(spell) = w.spell.take() else { return };
+    let elapsed = spell.started.elapsed();
+    let kind = if spell.full { "resync" } else { "container" };
+    registrar.metrics.reconcile_seconds.get_or_create(&KindLabel { kind }).observe(elapsed.as_secs_f64());
+    if spell.full {
+        let (registered, deregistered) = (spell.registered, spell.deregistered);
+        info!(registered, deregistered, elapsed_ms = elapsed.as_secs_f64() * 1e3, "resynced");
+    }
+    if state.unhealthy().is_none() {
+        registrar.metrics.mark_success();
     }
 }
 
@@ -451,6 +591,8 @@ mod tests {
         containers: Mutex<HashMap<String, Container>>,
         lists: AtomicUsize,
         inspects: AtomicUsize,
+        /// Containers whose inspect Docker holds this long (as during a stop).
+        slow: Mutex<HashMap<String, Duration>>,
     }
 
     impl Docker for FakeDocker {
@@ -460,6 +602,10 @@ mod tests {
         }
         async fn inspect(&self, id: &str) -> Result<Option<Container>, bollard::errors::Error> {
             self.inspects.fetch_add(1, Ordering::Relaxed);
+            let hold = self.slow.lock().unwrap().get(id).copied();
+            if let Some(hold) = hold {
+                tokio::time::sleep(hold).await;
+            }
             Ok(self.containers.lock().unwrap().get(id).cloned())
         }
     }
@@ -473,6 +619,8 @@ mod tests {
         down: std::sync::atomic::AtomicBool,
         /// Every request: (when, what, service ID or "").
         requests: Mutex<Vec<(Instant, &'static str, String)>>,
+        /// How long a registration takes to answer.
+        delay: Mutex<Duration>,
     }
 
     impl FakeAgent {
@@ -508,6 +656,8 @@ mod tests {
             Ok(self.services.lock().unwrap().clone())
         }
         async fn register(&self, reg: &Registration) -> Result<(), consul::Error> {
+            let delay = *self.delay.lock().unwrap();
+            tokio::time::sleep(delay).await;
             self.answer("register", &reg.id)?;
             if self.refuse.lock().unwrap().as_deref() == Some(reg.name.as_str()) {
                 return Err(status(StatusCode::INTERNAL_SERVER_ERROR, "Scripts are disabled on this agent"));
@@ -634,6 +784,56 @@ mod tests {
             assert!(back.elapsed() <= Duration::from_secs(31), "not caught up");
         }
         assert!(h.registrar.health().is_ok());
+        h.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_container_never_waits_for_anothers_slow_inspect() {
+        let h = Harness::start(&[container("a", "hello")], OPTS);
+        settle().await;
+        // Docker holds the inspect of "slow" for 5 s; meanwhile "a" is
+        // asked to stop and "b" starts.
+        h.docker().slow.lock().unwrap().insert("slow".into(), Duration::from_secs(5));
+        h.docker().containers.lock().unwrap().insert("slow".into(), container("slow", "slow"));
+        h.docker().containers.lock().unwrap().insert("b".into(), container("b", "hello"));
+        h.event("start", "slow");
+        settle().await;
+        let attributes = HashMap::from([("signal".to_owned(), "15".to_owned())]);
+        h.tx.send(Work::Event { action: "kill".into(), id: "a".into(), attributes }).unwrap();
+        h.event("start", "b");
+        settle().await;
+        assert!(!h.agent().holds("host1:a:80"), "deregistered without waiting");
+        assert!(h.agent().holds("host1:b:80"), "registered without waiting");
+        assert!(!h.agent().holds("host1:slow:80"));
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert!(h.agent().holds("host1:slow:80"));
+        h.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_refusal_in_flight_is_not_retried_and_nothing_spins() {
+        let mut bad = container("bad", "bad");
+        bad.env.insert("SERVICE_CHECK_SCRIPT".into(), "/bin/check".into());
+        let h = Harness::start(&[bad], OPTS);
+        *h.agent().refuse.lock().unwrap() = Some("bad".into());
+        *h.agent().delay.lock().unwrap() = Duration::from_secs(3);
+        let t0 = Instant::now();
+        // A loop that spun would never let the paused clock advance: this
+        // sleep would not return, so a watchdog on the real clock ends the
+        // test binary instead of leaving it hanging.
+        let finished = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let watched = finished.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_secs(60));
+            if !watched.load(Ordering::Relaxed) {
+                eprintln!("the registrar's loop spins: 5 paused minutes did not pass in 60 real seconds");
+                std::process::exit(101);
+            }
+        });
+        tokio::time::sleep(Duration::from_secs(300)).await;
+        finished.store(true, Ordering::Relaxed);
+        let tries = h.agent().count("register", "host1:bad:80", t0);
+        assert!((3..=12).contains(&tries), "{tries} attempts in 5 minutes");
         h.stop().await;
     }
 

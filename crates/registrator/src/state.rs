@@ -344,7 +344,9 @@ impl State {
                 self.problems.remove(id);
                 false
             }
-            "stop" | "pause" | "rename" | "health_status" => !self.stopping.contains(id) && !self.retained.contains(id),
+            "stop" | "pause" | "rename" | "health_status" | "connect" | "disconnect" => {
+                !self.stopping.contains(id) && !self.retained.contains(id)
+            }
             _ => false,
         }
     }
@@ -620,10 +622,19 @@ impl State {
     /// The earliest time something is due again (a refused op or an
     /// unreachable dependency), if anything waits.
     pub fn next_retry(&self) -> Option<Instant> {
+        self.next_retry_but(&BTreeSet::new(), false, false)
+    }
+
+    /// [`State::next_retry`], leaving out what is being tried now: the
+    /// services in `busy`, the agent while it is `probing`, Docker while it
+    /// is `looking` (their retry times only move once they answer).
+    pub fn next_retry_but(&self, busy: &BTreeSet<String>, probing: bool, looking: bool) -> Option<Instant> {
         // Refused ops wait while the agent is down: its probe comes first.
-        let refused = self.refused.values().map(|r| r.retry_at).filter(|_| !self.consul_down());
-        let docker = self.docker.retry_at().filter(|_| self.docker_needs_look);
-        refused.chain(self.consul.retry_at()).chain(docker).min()
+        let refused =
+            (self.refused.iter()).filter(|(id, _)| !self.consul_down() && !busy.contains(*id)).map(|(_, r)| r.retry_at);
+        let consul = self.consul.retry_at().filter(|_| !probing);
+        let docker = self.docker.retry_at().filter(|_| self.docker_needs_look && !looking);
+        refused.chain(consul).chain(docker).min()
     }
 
     /// Services Consul refuses now, with the reason: for `/health` and `/metrics`.

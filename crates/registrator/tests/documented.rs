@@ -203,6 +203,51 @@ async fn services_md_host_networking_registers_the_hosts_address_and_port() {
     reg.stop();
 }
 
+/// README "Which address is registered": a port neither published nor on a
+/// network registrator shares, with registrator on the host network.
+#[tokio::test]
+async fn address_an_unpublished_port_seen_from_the_host_is_the_containers_own() {
+    let consul = TestConsul::start().await;
+    let mut scene = Scene::new();
+    let name = scene.service("own");
+    start(&mut scene, "o", &[("SERVICE_NAME", &name)], &["--expose", "80"]);
+    let reg = registrator(&consul, &scene, &[]);
+    let s = &wait_scene(&consul, &scene, 1).await[0];
+    assert_eq!((s.address.clone(), s.port), (container_ip(&format!("{}-o", scene.tag), "bridge"), 80));
+    reg.stop();
+}
+
+/// README "Which address is registered": `SERVICE_NETWORK` picks the network.
+#[tokio::test]
+async fn address_service_network_picks_the_named_network() {
+    let consul = TestConsul::start().await;
+    let mut scene = Scene::new();
+    let name = scene.service("net");
+    let container = format!("{}-n", scene.tag);
+    let network = scene.network.clone();
+    start(&mut scene, "n", &[("SERVICE_NAME", &name), ("SERVICE_NETWORK", &network)], &["-p", "80"]);
+    docker(&["network", "connect", &network, &container]);
+    let reg = registrator(&consul, &scene, &["-ip", IP]);
+    let s = &wait_scene(&consul, &scene, 1).await[0];
+    assert_eq!((s.address.clone(), s.port), (container_ip(&container, &network), 80));
+    reg.stop();
+}
+
+#[tokio::test]
+async fn a_container_in_anothers_network_namespace_is_reached_through_that_ones_ports() {
+    let consul = TestConsul::start().await;
+    let mut scene = Scene::new();
+    let name = scene.service("pod");
+    scene.run_on_bridge("net", &["-p", "80"]);
+    let owner = format!("container:{}-net", scene.tag);
+    start(&mut scene, "app", &[("SERVICE_NAME", &name)], &["--net", &owner]);
+    let reg = registrator(&consul, &scene, &["-ip", IP]);
+    let s = &wait_scene(&consul, &scene, 1).await[0];
+    assert_eq!(s.id, format!("{}-host:{}-app:80", scene.tag, scene.tag));
+    assert_eq!((s.address.as_str(), s.port), (IP, scene.host_port("net", "80/tcp")));
+    reg.stop();
+}
+
 #[tokio::test]
 async fn services_md_internal_registers_the_container_address_and_exposed_port() {
     let consul = TestConsul::start().await;
