@@ -30,6 +30,12 @@ pub struct Container {
     pub networks: BTreeMap<String, NetworkAddress>,
     /// Runs in the host's network namespace (`--net=host`): its ports are the host's.
     pub host_network: bool,
+    /// Docker's network mode (`default`, `bridge`, `host`, `container:<id>`, a network).
+    pub network_mode: String,
+    /// The container's own `STOPSIGNAL`, when it has one.
+    pub stop_signal: Option<String>,
+    /// Seconds Docker waits after the stop signal before it kills, when set.
+    pub stop_timeout: Option<u64>,
     /// Shares the network namespace of this container (`--net=container:<id>`,
     /// a pod); its networks and published ports are that container's.
     pub network_container: Option<String>,

@@ -140,6 +140,9 @@ fn convert(c: ContainerInspectResponse) -> Container {
         networks,
         host_network,
         network_container,
+        stop_signal: config.stop_signal.clone().filter(|s| !s.is_empty()),
+        stop_timeout: config.stop_timeout.and_then(|t| u64::try_from(t).ok()),
+        network_mode: mode,
         health: state.health.and_then(|h| h.status).map(|s| s.to_string()),
     }
 }

@@ -142,11 +142,34 @@ async fn wait_for_consul(
 /// its address there: the addresses other containers have on them are the
 /// ones peers can reach.
 async fn own_networks(engine: &Engine) -> BTreeMap<String, NetworkAddress> {
-    let hostname = gethostname::gethostname().to_string_lossy().into_owned();
-    match engine.inspect(&hostname).await {
-        Ok(Some(me)) if !me.host_network => me.networks,
-        _ => BTreeMap::new(),
+    for id in own_container_ids() {
+        if let Ok(Some(me)) = engine.inspect(&id).await {
+            return if me.host_network { BTreeMap::new() } else { me.networks };
+        }
     }
+    if std::path::Path::new("/.dockerenv").exists() {
+        warn!("running in a container that Docker does not show: taken for the host network; set -ip");
+    }
+    BTreeMap::new()
+}
+
+/// Who this process's container may be: the IDs in the mounts Docker makes
+/// for it (`/etc/hostname` and the like come from
+/// `/var/lib/docker/containers/<id>/`), then its host name (the default
+/// host name is the short ID; `-h` changes it).
+fn own_container_ids() -> Vec<String> {
+    let mut ids: Vec<String> = Vec::new();
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    for line in mounts.lines() {
+        for (at, _) in line.match_indices("/containers/") {
+            let id: String = line[at + "/containers/".len()..].chars().take_while(char::is_ascii_hexdigit).collect();
+            if id.len() == 64 && !ids.contains(&id) {
+                ids.push(id);
+            }
+        }
+    }
+    ids.push(gethostname::gethostname().to_string_lossy().into_owned());
+    ids
 }
 
 /// Where published ports are reached when `-ip` is not given: in a

@@ -176,7 +176,15 @@ impl<D: Docker, A: Agent> Registrar<D, A> {
                 Err(e) => Err(e),
             },
             Op::Refresh(reg) => self.set_docker_health(reg).await,
-            Op::Deregister { id, .. } => self.agent.deregister(id).await,
+            // Already gone (the agent restarted meanwhile): done.
+            Op::Deregister { id, .. } => match self.agent.deregister(id).await {
+                Err(consul::Error::Status { status, body, .. })
+                    if status.as_u16() == 404 || body.contains("Unknown service") =>
+                {
+                    Ok(())
+                }
+                other => other,
+            },
         };
         if result.is_err() {
             self.metrics.consul_errors.inc();
@@ -334,17 +342,17 @@ async fn follow_events(engine: Engine, metrics: Metrics, tx: mpsc::UnboundedSend
 
 /// A piece of I/O the loop runs; at most [`IN_FLIGHT`] at once.
 enum Job {
-    /// List and inspect every running container.
-    LookAll,
-    Inspect(String),
+    /// List and inspect every running container; the state's `seq` when asked.
+    LookAll(u64),
+    Inspect(String, u64),
     /// Read the agent's services.
     LookConsul,
     Op(Op),
 }
 
 enum Done {
-    Snapshot(Result<Vec<Container>, bollard::errors::Error>),
-    Inspected(String, Result<Option<Container>, bollard::errors::Error>),
+    Snapshot(u64, Result<Vec<Container>, bollard::errors::Error>),
+    Inspected(String, u64, Result<Option<Box<Container>>, bollard::errors::Error>),
     Services(Result<HashMap<String, AgentService>, consul::Error>),
     Executed(Op, Outcome),
 }
@@ -400,18 +408,11 @@ pub async fn drive<D: Docker, A: Agent>(
     let mut w = Pending::default();
     let mut inflight = futures_util::stream::FuturesUnordered::new();
     loop {
-        // Start what is wanted and may run now.
+        // Start what is wanted and may run now: the ops the state plans
+        // (not while the agent is being looked at: what it holds is about
+        // to change), then looks at Docker and at the agent (the agent's
+        // only while no op runs, so what it shows is not half old).
         let now = Instant::now();
-        if (w.full || state.docker_look_due(now)) && !w.looking_all && state.docker_may_try(now) {
-            w.full = false;
-            w.looking_all = true;
-            w.queue.push_front(Job::LookAll);
-        }
-        if (w.look_consul || state.consul_needs_look()) && !w.looking_consul && state.consul_may_try(now) {
-            w.look_consul = false;
-            w.looking_consul = true;
-            w.queue.push_front(Job::LookConsul);
-        }
         if !w.looking_consul {
             for op in state.plan(now, std::mem::take(&mut w.refresh)) {
                 if w.busy.insert(op.service_id().to_owned()) {
@@ -419,14 +420,25 @@ pub async fn drive<D: Docker, A: Agent>(
                 }
             }
         }
+        if (w.full || state.docker_look_due(now)) && !w.looking_all && state.docker_may_try(now) {
+            w.full = false;
+            w.looking_all = true;
+            w.queue.push_front(Job::LookAll(state.seq()));
+        }
+        let consul_wanted = w.look_consul || state.consul_needs_look();
+        if consul_wanted && !w.looking_consul && w.busy.is_empty() && state.consul_may_try(now) {
+            w.look_consul = false;
+            w.looking_consul = true;
+            w.queue.push_front(Job::LookConsul);
+        }
         while inflight.len() < IN_FLIGHT {
             let Some(job) = w.queue.pop_front() else { break };
             if w.spell.is_none() {
                 w.spell = Some(Spell { started: Instant::now(), full: false, registered: 0, deregistered: 0 });
             }
             match &job {
-                Job::LookAll => w.spell.as_mut().into_iter().for_each(|spell| spell.full = true),
-                Job::Inspect(id) => {
+                Job::LookAll(_) => w.spell.as_mut().into_iter().for_each(|spell| spell.full = true),
+                Job::Inspect(id, _) => {
                     w.queued.remove(id);
                     w.inspecting.insert(id.clone());
                 }
@@ -436,6 +448,8 @@ pub async fn drive<D: Docker, A: Agent>(
         }
         if inflight.is_empty() {
             finish_spell(registrar, &mut state, &mut w);
+            // No look that started before now still runs.
+            state.forget_touches();
         }
 
         let wake =
@@ -476,27 +490,27 @@ fn take(state: &mut State, w: &mut Pending, got: Work) {
     match got {
         Work::Connected => w.full = true,
         Work::Event { action, id, attributes } => {
-            if state.on_event(&action, &id, &attributes) {
-                inspect(w, id);
+            if state.on_event(&action, &id, &attributes, Instant::now()) {
+                inspect(state, w, id);
             }
         }
     }
 }
 
-fn inspect(w: &mut Pending, id: String) {
+fn inspect(state: &State, w: &mut Pending, id: String) {
     if w.inspecting.contains(&id) {
         w.again.insert(id);
     } else if w.queued.insert(id.clone()) {
-        w.queue.push_back(Job::Inspect(id));
+        w.queue.push_back(Job::Inspect(id, state.seq()));
     }
 }
 
 async fn run_job<D: Docker, A: Agent>(registrar: &Registrar<D, A>, job: Job) -> Done {
     match job {
-        Job::LookAll => Done::Snapshot(registrar.look_all().await),
-        Job::Inspect(id) => {
-            let found = registrar.docker.inspect(&id).await;
-            Done::Inspected(id, found)
+        Job::LookAll(since) => Done::Snapshot(since, registrar.look_all().await),
+        Job::Inspect(id, since) => {
+            let found = registrar.docker.inspect(&id).await.map(|c| c.map(Box::new));
+            Done::Inspected(id, since, found)
         }
         Job::LookConsul => Done::Services(registrar.agent.services().await),
         Job::Op(op) => {
@@ -510,29 +524,29 @@ async fn run_job<D: Docker, A: Agent>(registrar: &Registrar<D, A>, job: Job) -> 
 fn settle<D: Docker, A: Agent>(registrar: &Registrar<D, A>, state: &mut State, w: &mut Pending, done: Done) {
     let now = Instant::now();
     match done {
-        Done::Snapshot(Ok(containers)) => {
+        Done::Snapshot(since, Ok(containers)) => {
             w.looking_all = false;
             state.on_docker_answered(now);
-            for id in state.on_snapshot(&containers) {
-                inspect(w, id);
+            for id in state.on_snapshot(&containers, since, now) {
+                inspect(state, w, id);
             }
             // What the agent holds is looked at again, and Docker-health
             // checks refreshed, after every full look.
             w.look_consul = true;
             w.refresh = true;
         }
-        Done::Snapshot(Err(e)) => {
+        Done::Snapshot(_, Err(e)) => {
             w.looking_all = false;
             state.on_docker_failed(e.to_string(), now);
         }
-        Done::Inspected(id, found) => {
+        Done::Inspected(id, since, found) => {
             w.inspecting.remove(&id);
             match found {
-                Ok(c) => state.on_inspected(&id, c.as_ref()),
+                Ok(c) => state.on_inspected(&id, c.as_deref(), since),
                 Err(e) => state.on_docker_failed(e.to_string(), now),
             }
             if w.again.remove(&id) {
-                inspect(w, id);
+                inspect(state, w, id);
             }
         }
         Done::Services(Ok(current)) => {

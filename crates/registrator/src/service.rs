@@ -57,6 +57,7 @@ pub struct Desired {
 
 const KNOWN_KEYS: &[&str] = &["NAME", "TAGS", "ID", "IGNORE", "NETWORK"];
 const MAX_META_VALUE: usize = 512;
+const MAX_META: usize = 64;
 const MAX_NAME: usize = 63;
 const MAX_TAG: usize = 256;
 
@@ -89,12 +90,12 @@ pub fn desired(c: &Container, rules: &Rules) -> Desired {
             return out;
         }
     };
-    // Ports nothing can reach are refused; the others are the group whose
-    // size decides `<name>-<port>` names (as Go Registrator counts only the
-    // ports it registers).
+    // Ports nothing can reach are refused; the others that ask for a service
+    // are the group whose size decides `<name>-<port>` names.
     let mut reachable = Vec::new();
     for &port in &c.ports {
-        if truthy(keys.get(port, "IGNORE")) {
+        let named = keys.port(port, "NAME").is_some() || keys.global("SERVICE_NAME").is_some() || rules.register_all;
+        if truthy(keys.get(port, "IGNORE")) || !named {
             continue;
         }
         match address(c, rules, &keys, port) {
@@ -156,10 +157,12 @@ fn service(
     }
     dedup_in_order(&mut tags);
 
+    // Consul allows 64 Meta pairs of at most 128-byte keys and 512-byte values.
     let mut meta = BTreeMap::new();
-    for (key, value) in keys.meta(port) {
+    for (key, value) in keys.meta(port).into_iter().take(MAX_META - 2) {
         let Some(key) = meta_key(&key) else { continue };
-        let value: String = value.chars().filter(|ch| !ch.is_control()).take(MAX_META_VALUE).collect();
+        let mut value: String = value.chars().filter(|ch| !ch.is_control()).collect();
+        truncate_bytes(&mut value, MAX_META_VALUE);
         meta.insert(key, value);
     }
     meta.insert(OWNER_META.into(), rules.owner.clone());
@@ -382,6 +385,17 @@ pub fn split_tags(raw: &str) -> Vec<String> {
 fn clean_id(id: &str) -> Result<String, String> {
     let id: String = id.trim().chars().filter(|c| !c.is_control()).take(256).collect();
     if id.is_empty() { Err("empty SERVICE_ID".into()) } else { Ok(id) }
+}
+
+/// Cuts `s` to at most `max` bytes, at a character boundary.
+fn truncate_bytes(s: &mut String, max: usize) {
+    if s.len() > max {
+        let mut end = max;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+    }
 }
 
 fn meta_key(key: &str) -> Option<String> {

@@ -157,7 +157,9 @@ impl Held {
     fn satisfies(&self, reg: &Registration) -> bool {
         match self {
             Held::Ours(r) => r == reg,
-            Held::Seen(s) => s.matches(reg),
+            // Registered again once: the agent does not show checks, so
+            // what an earlier run (or version) set up is made ours.
+            Held::Seen(_) => false,
         }
     }
 }
@@ -176,17 +178,32 @@ struct Refusal {
 /// Whether a dependency answers, and when to try it again if not.
 #[derive(Clone, Debug)]
 enum Link {
-    Up,
-    Down { since: Instant, reason: String, backoff: Backoff, retry_at: Instant },
+    /// `recent`: when it came back, and the backoff it had then, so that one
+    /// that flaps (answers a look, then fails again) keeps its waits.
+    Up {
+        recent: Option<(Instant, Backoff)>,
+    },
+    Down {
+        since: Instant,
+        reason: String,
+        backoff: Backoff,
+        retry_at: Instant,
+    },
 }
+
+/// A dependency that fails again within this long of coming back keeps its backoff.
+const FLAP_WINDOW: Duration = Duration::from_secs(60);
 
 impl Link {
     /// Marks a failed attempt; `true` when this is news (it was up).
     /// Several attempts that fail together count once.
     fn fail(&mut self, reason: &str, now: Instant, base: Duration, max: Duration) -> bool {
         match self {
-            Link::Up => {
-                let mut backoff = Backoff::new(base, max);
+            Link::Up { recent } => {
+                let mut backoff = match recent.take() {
+                    Some((at, backoff)) if now.saturating_duration_since(at) < FLAP_WINDOW => backoff,
+                    _ => Backoff::new(base, max),
+                };
                 let retry_at = now + backoff.next_delay();
                 *self = Link::Down { since: now, reason: reason.to_owned(), backoff, retry_at };
                 true
@@ -203,22 +220,26 @@ impl Link {
 
     fn reason(&self) -> Option<&str> {
         match self {
-            Link::Up => None,
+            Link::Up { .. } => None,
             Link::Down { reason, .. } => Some(reason),
         }
     }
 
     /// Marks a success; how long it was down, when that is news.
     fn succeed(&mut self, now: Instant) -> Option<Duration> {
-        match std::mem::replace(self, Link::Up) {
-            Link::Up => None,
-            Link::Down { since, .. } => Some(now.saturating_duration_since(since)),
+        match self {
+            Link::Up { .. } => None,
+            Link::Down { since, backoff, .. } => {
+                let down_for = now.saturating_duration_since(*since);
+                *self = Link::Up { recent: Some((now, backoff.clone())) };
+                Some(down_for)
+            }
         }
     }
 
     fn retry_at(&self) -> Option<Instant> {
         match self {
-            Link::Up => None,
+            Link::Up { .. } => None,
             Link::Down { retry_at, .. } => Some(*retry_at),
         }
     }
@@ -261,8 +282,17 @@ pub struct State {
     timing: Timing,
     /// The services each container asks for, from the last look at it.
     wanted: HashMap<ContainerId, Vec<Registration>>,
-    /// Containers asked to stop: they want nothing until they start again.
-    stopping: BTreeSet<ContainerId>,
+    /// Containers asked to stop, and when: they want nothing until they
+    /// start again (or are found running long after).
+    stopping: BTreeMap<ContainerId, Instant>,
+    /// Containers' own `STOPSIGNAL`s.
+    stop_signals: HashMap<ContainerId, String>,
+    /// Events taken so far, and the last one that touched each container.
+    seq: u64,
+    touched: HashMap<ContainerId, u64>,
+    /// Whether every running container has been looked at once (nothing is
+    /// planned before: an agent's services would look stale).
+    docker_seen: bool,
     /// Crashed containers whose services stay (`-deregister on-success`).
     retained: BTreeSet<ContainerId>,
     /// Why the last look at each container could not register all it asked
@@ -277,6 +307,9 @@ pub struct State {
     consul_seen: bool,
     /// A look at Docker failed since the last full look.
     docker_needs_look: bool,
+    /// The agent was unreachable since its last look: what it holds is
+    /// looked at again before anything is planned.
+    consul_stale: bool,
     notes: Vec<Note>,
 }
 
@@ -287,15 +320,20 @@ impl State {
             deregister,
             timing,
             wanted: HashMap::new(),
-            stopping: BTreeSet::new(),
+            stopping: BTreeMap::new(),
+            stop_signals: HashMap::new(),
+            seq: 0,
+            touched: HashMap::new(),
+            docker_seen: false,
             retained: BTreeSet::new(),
             problems: HashMap::new(),
             held: HashMap::new(),
             refused: BTreeMap::new(),
-            consul: Link::Up,
-            docker: Link::Up,
+            consul: Link::Up { recent: None },
+            docker: Link::Up { recent: None },
             consul_seen: false,
             docker_needs_look: false,
+            consul_stale: false,
             notes: Vec::new(),
         }
     }
@@ -309,25 +347,47 @@ impl State {
         std::mem::take(&mut self.notes)
     }
 
+    /// How many events were taken so far: a look started at `seq()` is stale
+    /// for any container an event touched after it.
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// Forgets which events touched which container; call when no look
+    /// started before now is still running.
+    pub fn forget_touches(&mut self) {
+        self.touched.clear();
+    }
+
+    fn fresh(&self, id: &str, since: u64) -> bool {
+        self.touched.get(id).is_none_or(|&at| at <= since)
+    }
+
     /// Follows a Docker event; `true` when the container must be looked at
     /// (inspected) to know what it wants now.
-    pub fn on_event(&mut self, action: &str, id: &str, attributes: &HashMap<String, String>) -> bool {
+    pub fn on_event(&mut self, action: &str, id: &str, attributes: &HashMap<String, String>, now: Instant) -> bool {
+        self.seq += 1;
+        self.touched.insert(id.to_owned(), self.seq);
         match action {
             "start" | "unpause" | "restart" => {
                 self.stopping.remove(id);
                 self.retained.remove(id);
                 true
             }
-            "kill" if attributes.get("signal").is_some_and(|s| is_stop_signal(s)) => {
+            "kill" if attributes.get("signal").is_some_and(|s| self.is_stop_signal(id, s)) => {
                 // Out of the load balancer at once, while it drains; no
                 // inspect (Docker holds inspects while it stops a container).
-                self.stopping.insert(id.to_owned());
+                self.stopping.insert(id.to_owned(), now);
                 if !self.retained.contains(id) {
                     self.wanted.remove(id);
                 }
                 false
             }
-            "die" if self.deregister == Deregister::OnSuccess && !self.stopping.contains(id) && crashed(attributes) => {
+            "die"
+                if self.deregister == Deregister::OnSuccess
+                    && !self.stopping.contains_key(id)
+                    && crashed(attributes) =>
+            {
                 if self.wanted.get(id).is_some_and(|w| !w.is_empty()) {
                     self.retain(id, attributes.get("exitCode").cloned().unwrap_or_default());
                 }
@@ -342,53 +402,89 @@ impl State {
                 self.retained.remove(id);
                 self.wanted.remove(id);
                 self.problems.remove(id);
+                self.stop_signals.remove(id);
                 false
             }
             "stop" | "pause" | "rename" | "health_status" | "connect" | "disconnect" => {
-                !self.stopping.contains(id) && !self.retained.contains(id)
+                !self.stopping.contains_key(id) && !self.retained.contains(id)
             }
             _ => false,
         }
     }
 
-    /// Takes a look at one container: `None` when it no longer exists.
-    pub fn on_inspected(&mut self, id: &str, container: Option<&Container>) {
-        if self.stopping.contains(id) || self.retained.contains(id) {
+    /// SIGTERM, SIGKILL, SIGINT and SIGQUIT, or the container's own
+    /// `STOPSIGNAL`, ask a container to go away.
+    fn is_stop_signal(&self, id: &str, signal: &str) -> bool {
+        let number = signal_number(signal);
+        matches!(number, Some(15 | 9 | 2 | 3))
+            || self.stop_signals.get(id).is_some_and(|own| number.is_some() && signal_number(own) == number)
+    }
+
+    /// Takes a look at one container, started when [`State::seq`] was
+    /// `since`: `None` when it no longer exists. A look older than the
+    /// container's last event is stale and left out.
+    pub fn on_inspected(&mut self, id: &str, container: Option<&Container>, since: u64) {
+        if !self.fresh(id, since) {
+            return;
+        }
+        if container.is_none() {
+            // Gone, whatever it was doing.
+            self.stopping.remove(id);
+            self.retained.remove(id);
+            self.wanted.remove(id);
+            self.problems.remove(id);
+            self.stop_signals.remove(id);
+            return;
+        }
+        if self.stopping.contains_key(id) || self.retained.contains(id) {
             return;
         }
         match container {
             Some(c) if self.keeps_crashed(c) => self.retain(id, c.exit_code.unwrap_or_default().to_string()),
             Some(c) => self.want(c),
-            None => {
-                self.wanted.remove(id);
-                self.problems.remove(id);
-            }
+            None => {}
         }
     }
 
-    /// Takes a look at every running container: anything not among them
-    /// (and not retained) wants nothing.
-    ///
-    /// Under `-deregister on-success`, a container that was registered and is
-    /// gone from the list may have crashed: its ID is returned, to be looked
-    /// at (its exit code decides) before its services go.
-    pub fn on_snapshot(&mut self, containers: &[Container]) -> Vec<ContainerId> {
+    /// Takes a look at every running container, started when [`State::seq`]
+    /// was `since`: anything not among them (and not retained) wants
+    /// nothing. Returns the containers to look at one by one: those an event
+    /// touched since (the list is stale for them) and, under `-deregister
+    /// on-success`, those registered and gone from the list (their exit code
+    /// decides whether they crashed).
+    pub fn on_snapshot(&mut self, containers: &[Container], since: u64, now: Instant) -> Vec<ContainerId> {
         self.docker_needs_look = false;
+        self.docker_seen = true;
         let running: BTreeSet<&str> = containers.iter().map(|c| c.id.as_str()).collect();
-        let vanished: Vec<ContainerId> = self
-            .wanted
-            .keys()
-            .filter(|id| !running.contains(id.as_str()) && !self.retained.contains(*id) && !self.stopping.contains(*id))
+        let touched: Vec<ContainerId> =
+            self.touched.iter().filter(|&(_, &at)| at > since).map(|(id, _)| id.clone()).collect();
+        let stale = |id: &str| touched.iter().any(|t| t == id);
+        // A crashed container found running again was restarted: it is no
+        // longer kept as it was.
+        self.retained.retain(|id| !running.contains(id.as_str()) || stale(id));
+        let vanished: Vec<ContainerId> = (self.wanted.keys())
+            .filter(|id| !running.contains(id.as_str()) && !self.retained.contains(*id) && !stale(id))
+            .filter(|id| !self.stopping.contains_key(*id))
             .cloned()
             .collect();
         let look = if self.deregister == Deregister::OnSuccess { vanished } else { Vec::new() };
-        self.wanted.retain(|id, _| running.contains(id.as_str()) || self.retained.contains(id) || look.contains(id));
-        self.problems.retain(|id, _| running.contains(id.as_str()));
-        // A container asked to stop that is gone from the list has stopped.
-        self.stopping.retain(|id| running.contains(id.as_str()));
+        self.wanted.retain(|id, _| {
+            running.contains(id.as_str()) || self.retained.contains(id) || look.contains(id) || stale(id)
+        });
+        self.problems.retain(|id, _| running.contains(id.as_str()) || stale(id));
+        // A container asked to stop that is gone from the list has stopped;
+        // one still running long after was not stopping after all (a
+        // thread dump on SIGQUIT, a TERM its process ignores).
+        let grace = |c: &Container| STOP_GRACE.max(Duration::from_secs(c.stop_timeout.unwrap_or(0) + 10));
+        self.stopping.retain(|id, since_kill| {
+            let Some(c) = containers.iter().find(|c| &c.id == id) else { return stale(id) };
+            stale(id) || now.saturating_duration_since(*since_kill) < grace(c)
+        });
         for c in containers {
-            self.on_inspected(&c.id, Some(c));
+            self.on_inspected(&c.id, Some(c), since);
         }
+        let mut look = look;
+        look.extend(touched.into_iter().filter(|id| !self.stopping.contains_key(id)));
         look
     }
 
@@ -410,6 +506,10 @@ impl State {
     }
 
     fn want(&mut self, c: &Container) {
+        match &c.stop_signal {
+            Some(signal) => self.stop_signals.insert(c.id.clone(), signal.clone()),
+            None => self.stop_signals.remove(&c.id),
+        };
         let d = service::desired(c, &self.rules);
         let now = (d.problems, d.warnings);
         let before = self.problems.get(&c.id).cloned().unwrap_or_default();
@@ -459,6 +559,7 @@ impl State {
     pub fn on_consul_services(&mut self, current: &HashMap<String, AgentService>, now: Instant) {
         self.consul_answered(now);
         self.consul_seen = true;
+        self.consul_stale = false;
         let owner = &self.rules.owner;
         let mut lost = 0;
         let mut held = HashMap::new();
@@ -478,6 +579,7 @@ impl State {
 
     /// A look at the agent failed before it answered.
     pub fn on_consul_failed(&mut self, reason: String, now: Instant) {
+        self.consul_stale = true;
         if self.consul.fail(&reason, now, self.timing.down_base, self.timing.down_max) {
             self.notes.push(Note::ConsulDown { reason });
         }
@@ -502,29 +604,37 @@ impl State {
     /// Whether the agent must be looked at before planning: at start, and
     /// whenever it was unreachable (a probe, one request, before any op).
     pub fn consul_needs_look(&self) -> bool {
-        !self.consul_seen || self.consul_down()
+        !self.consul_seen || self.consul_down() || self.consul_stale
     }
 
     /// The changes that make the agent hold what is wanted, each at most
     /// once, skipping refused ones whose retry is not due. `refresh`: also
     /// set Docker-health checks of what is already held.
     pub fn plan(&self, now: Instant, refresh: bool) -> Vec<Op> {
-        if !self.consul_seen || self.consul_down() {
+        if !self.consul_seen || self.consul_down() || self.consul_stale || !self.docker_seen {
             return Vec::new();
         }
         let waiting = |op: &Op| self.refused.get(op.service_id()).is_some_and(|r| &r.op == op && now < r.retry_at);
-        self.needed(refresh).into_iter().filter(|op| !waiting(op)).collect()
+        // A refused refresh is retried when due, refresh or not.
+        let due_refresh =
+            |op: &Op| matches!(op, Op::Refresh(_)) && self.refused.get(op.service_id()).is_some_and(|r| &r.op == op);
+        let needed = self.needed(true);
+        needed
+            .into_iter()
+            .filter(|op| (refresh || !matches!(op, Op::Refresh(_)) || due_refresh(op)) && !waiting(op))
+            .collect()
     }
 
     /// Every change the agent needs, refused or not.
     fn needed(&self, refresh: bool) -> Vec<Op> {
         let mut ops = Vec::new();
         let mut wanted_ids = BTreeSet::new();
-        let mut wanted: Vec<&Registration> = self.wanted.values().flatten().collect();
-        wanted.sort_by(|a, b| a.id.cmp(&b.id));
-        for reg in wanted {
+        let mut wanted: Vec<(&ContainerId, &Registration)> =
+            self.wanted.iter().flat_map(|(c, regs)| regs.iter().map(move |r| (c, r))).collect();
+        wanted.sort_by(|a, b| (&a.1.id, a.0).cmp(&(&b.1.id, b.0)));
+        for (_, reg) in wanted {
             if !wanted_ids.insert(reg.id.as_str()) {
-                continue; // two containers claim one ID (SERVICE_ID): one is registered
+                continue; // two containers claim one ID (SERVICE_ID): the lowest container ID's is registered
             }
             match self.held.get(&reg.id) {
                 Some(h) if h.satisfies(reg) => {
@@ -675,9 +785,19 @@ fn crashed(attributes: &HashMap<String, String>) -> bool {
     attributes.get("exitCode").and_then(|c| c.parse::<i64>().ok()).is_some_and(|code| code != 0 && code & 128 == 0)
 }
 
-/// SIGTERM, SIGKILL, SIGINT and SIGQUIT ask a container to go away.
-fn is_stop_signal(signal: &str) -> bool {
-    matches!(signal, "15" | "9" | "2" | "3" | "SIGTERM" | "SIGKILL" | "SIGINT" | "SIGQUIT")
+/// How long a container asked to stop may keep running before it is taken
+/// for one that is not stopping (at least; its stop timeout + 10 s if longer).
+const STOP_GRACE: Duration = Duration::from_secs(60);
+
+/// A signal's number from Docker's forms: `15`, `SIGTERM` or `TERM`.
+fn signal_number(signal: &str) -> Option<i32> {
+    let s = signal.trim();
+    if let Ok(n) = s.parse() {
+        return Some(n);
+    }
+    let name = s.to_ascii_uppercase();
+    let name = if name.starts_with("SIG") { name } else { format!("SIG{name}") };
+    name.parse::<nix::sys::signal::Signal>().ok().map(|sig| sig as i32)
 }
 
 #[cfg(test)]
@@ -718,7 +838,7 @@ mod tests {
 
     fn ready(now: Instant, containers: &[Container]) -> State {
         let mut s = state();
-        s.on_snapshot(containers);
+        s.on_snapshot(containers, s.seq(), Instant::now());
         s.on_consul_services(&HashMap::new(), now);
         s
     }
@@ -727,7 +847,7 @@ mod tests {
     fn nothing_is_planned_before_the_agent_was_looked_at() {
         let now = Instant::now();
         let mut s = state();
-        s.on_snapshot(&[container("a", "hello")]);
+        s.on_snapshot(&[container("a", "hello")], s.seq(), Instant::now());
         assert!(s.plan(now, false).is_empty());
         assert!(s.consul_needs_look());
         s.on_consul_services(&HashMap::new(), now);
@@ -745,7 +865,7 @@ mod tests {
     }
 
     #[test]
-    fn what_an_earlier_run_registered_is_kept_when_it_matches_and_removed_when_not_wanted() {
+    fn what_an_earlier_run_registered_is_registered_again_once_and_removed_when_not_wanted() {
         let now = Instant::now();
         let a = container("a", "hello");
         let reg = service::desired(&a, &rules()).services.remove(0);
@@ -758,11 +878,13 @@ mod tests {
         let current: HashMap<_, _> =
             [agent_service(&reg), stale, theirs].into_iter().map(|s| (s.id.clone(), s)).collect();
         let mut s = state();
-        s.on_snapshot(&[a]);
+        s.on_snapshot(&[a], s.seq(), Instant::now());
         s.on_consul_services(&current, now);
         let ops = s.plan(now, false);
-        assert_eq!(registers(&ops), Vec::<&str>::new());
+        assert_eq!(registers(&ops), ["host1:a:80"], "registered again once, its checks made ours");
         assert_eq!(deregisters(&ops), ["host1:gone:80"], "only our own stale service goes");
+        apply_all(&mut s, now);
+        assert!(s.plan(now, false).is_empty());
     }
 
     #[test]
@@ -771,16 +893,16 @@ mod tests {
         let mut s = ready(now, &[container("a", "hello")]);
         apply_all(&mut s, now);
         let term = HashMap::from([("signal".to_owned(), "15".to_owned())]);
-        assert!(!s.on_event("kill", "a", &term), "no inspect while Docker stops it");
+        assert!(!s.on_event("kill", "a", &term, Instant::now()), "no inspect while Docker stops it");
         assert_eq!(deregisters(&s.plan(now, false)), ["host1:a:80"]);
         apply_all(&mut s, now);
         // Events while it stops change nothing, and a full look does not bring it back.
-        assert!(!s.on_event("stop", "a", &HashMap::new()));
-        s.on_snapshot(&[container("a", "hello")]);
+        assert!(!s.on_event("stop", "a", &HashMap::new(), Instant::now()));
+        s.on_snapshot(&[container("a", "hello")], s.seq(), Instant::now());
         assert!(s.plan(now, false).is_empty());
-        assert!(s.on_event("die", "a", &HashMap::new()));
-        assert!(s.on_event("start", "a", &HashMap::new()));
-        s.on_inspected("a", Some(&container("a", "hello")));
+        assert!(s.on_event("die", "a", &HashMap::new(), Instant::now()));
+        assert!(s.on_event("start", "a", &HashMap::new(), Instant::now()));
+        s.on_inspected("a", Some(&container("a", "hello")), s.seq());
         assert_eq!(registers(&s.plan(now, false)), ["host1:a:80"]);
     }
 
@@ -790,7 +912,7 @@ mod tests {
         let mut s = ready(now, &[container("a", "hello")]);
         apply_all(&mut s, now);
         let hup = HashMap::from([("signal".to_owned(), "1".to_owned())]);
-        assert!(!s.on_event("kill", "a", &hup));
+        assert!(!s.on_event("kill", "a", &hup, Instant::now()));
         assert!(s.plan(now, false).is_empty());
     }
 
@@ -798,18 +920,18 @@ mod tests {
     fn on_success_keeps_a_crashed_container_until_it_is_destroyed() {
         let now = Instant::now();
         let mut s = State::new(rules(), Deregister::OnSuccess, Timing::default());
-        s.on_snapshot(&[container("a", "hello"), container("b", "ok")]);
+        s.on_snapshot(&[container("a", "hello"), container("b", "ok")], s.seq(), Instant::now());
         s.on_consul_services(&HashMap::new(), now);
         apply_all(&mut s, now);
         let crashed = HashMap::from([("exitCode".to_owned(), "3".to_owned())]);
         let clean = HashMap::from([("exitCode".to_owned(), "0".to_owned())]);
-        assert!(!s.on_event("die", "a", &crashed));
-        assert!(s.on_event("die", "b", &clean));
-        s.on_inspected("b", None);
-        s.on_snapshot(&[]);
+        assert!(!s.on_event("die", "a", &crashed, Instant::now()));
+        assert!(s.on_event("die", "b", &clean, Instant::now()));
+        s.on_inspected("b", None, s.seq());
+        s.on_snapshot(&[], s.seq(), Instant::now());
         assert_eq!(deregisters(&s.plan(now, false)), ["host1:b:80"], "the crashed one stays");
         apply_all(&mut s, now);
-        assert!(!s.on_event("destroy", "a", &HashMap::new()));
+        assert!(!s.on_event("destroy", "a", &HashMap::new(), Instant::now()));
         assert_eq!(deregisters(&s.plan(now, false)), ["host1:a:80"]);
         assert!(s.take_notes().iter().any(|n| matches!(n, Note::Retained { container, .. } if container == "a")));
     }
@@ -818,23 +940,173 @@ mod tests {
     fn on_success_looks_at_a_container_gone_from_the_list_before_its_die_event() {
         let now = Instant::now();
         let mut s = State::new(rules(), Deregister::OnSuccess, Timing::default());
-        s.on_snapshot(&[container("a", "hello"), container("b", "ok"), container("c", "oom")]);
+        s.on_snapshot(&[container("a", "hello"), container("b", "ok"), container("c", "oom")], s.seq(), Instant::now());
         s.on_consul_services(&HashMap::new(), now);
         apply_all(&mut s, now);
-        let mut look = s.on_snapshot(&[]);
+        let mut look = s.on_snapshot(&[], s.seq(), Instant::now());
         look.sort();
         assert_eq!(look, ["a", "b", "c"], "exit codes decide");
         assert!(s.plan(now, false).is_empty(), "nothing goes before the look");
         let exited = |id: &str, code: i64| Container { running: false, exit_code: Some(code), ..container(id, "x") };
-        s.on_inspected("a", Some(&exited("a", 3)));
-        s.on_inspected("b", Some(&exited("b", 0)));
-        s.on_inspected("c", Some(&exited("c", 137)));
+        s.on_inspected("a", Some(&exited("a", 3)), s.seq());
+        s.on_inspected("b", Some(&exited("b", 0)), s.seq());
+        s.on_inspected("c", Some(&exited("c", 137)), s.seq());
         let mut gone = deregisters(&s.plan(now, false)).into_iter().map(str::to_owned).collect::<Vec<_>>();
         gone.sort();
         assert_eq!(gone, ["host1:b:80", "host1:c:80"], "a crash stays; a clean exit and a kill by signal go");
         let always = &mut state();
-        always.on_snapshot(&[container("a", "hello")]);
-        assert!(always.on_snapshot(&[]).is_empty(), "-deregister always needs no look");
+        always.on_snapshot(&[container("a", "hello")], always.seq(), Instant::now());
+        assert!(always.on_snapshot(&[], always.seq(), Instant::now()).is_empty(), "-deregister always needs no look");
+    }
+
+    #[test]
+    fn a_restart_keeps_what_an_earlier_run_registered_until_docker_was_looked_at() {
+        let now = Instant::now();
+        let a = container("a", "hello");
+        let reg = service::desired(&a, &rules()).services.remove(0);
+        let current: HashMap<_, _> = [(reg.id.clone(), agent_service(&reg))].into();
+        let mut s = state();
+        // The agent answers first: nothing is planned, above all no deregistration.
+        s.on_consul_services(&current, now);
+        assert!(s.plan(now, false).is_empty());
+        s.on_snapshot(&[a], s.seq(), now);
+        // Registered again once (its checks made ours), never removed.
+        assert_eq!(registers(&s.plan(now, false)), ["host1:a:80"]);
+        assert!(deregisters(&s.plan(now, false)).is_empty());
+    }
+
+    #[test]
+    fn a_look_older_than_an_event_does_not_undo_it() {
+        let now = Instant::now();
+        let mut s = ready(now, &[container("a", "hello")]);
+        apply_all(&mut s, now);
+        // A full look starts; meanwhile "b" starts and is inspected.
+        let since = s.seq();
+        assert!(s.on_event("start", "b", &HashMap::new(), now));
+        s.on_inspected("b", Some(&container("b", "other")), s.seq());
+        assert_eq!(registers(&apply_all(&mut s, now)), ["host1:b:80"]);
+        // The look's list, taken before "b" started, lacks it: "b" stays,
+        // and is looked at again.
+        let look = s.on_snapshot(&[container("a", "hello")], since, now);
+        assert_eq!(look, ["b"]);
+        assert!(s.plan(now, false).is_empty(), "{:?}", s.plan(now, false));
+        // An inspect that started before a destroy is stale.
+        let before = s.seq();
+        assert!(!s.on_event("destroy", "b", &HashMap::new(), now));
+        s.on_inspected("b", Some(&container("b", "other")), before);
+        assert_eq!(deregisters(&s.plan(now, false)), ["host1:b:80"]);
+    }
+
+    #[test]
+    fn a_container_still_running_long_after_a_stop_signal_is_registered_again() {
+        let t0 = Instant::now();
+        let mut s = ready(t0, &[container("a", "hello")]);
+        apply_all(&mut s, t0);
+        let quit = HashMap::from([("signal".to_owned(), "3".to_owned())]);
+        s.on_event("kill", "a", &quit, t0);
+        apply_all(&mut s, t0);
+        s.on_snapshot(&[container("a", "hello")], s.seq(), t0 + Duration::from_secs(30));
+        assert!(s.plan(t0, false).is_empty(), "still within its grace");
+        let later = t0 + STOP_GRACE + Duration::from_secs(1);
+        s.on_snapshot(&[container("a", "hello")], s.seq(), later);
+        assert_eq!(registers(&s.plan(later, false)), ["host1:a:80"], "a thread dump, not a stop");
+    }
+
+    #[test]
+    fn a_containers_own_stop_signal_is_a_stop() {
+        let now = Instant::now();
+        let mut c = container("a", "hello");
+        c.stop_signal = Some("SIGWINCH".into());
+        let mut s = ready(now, std::slice::from_ref(&c));
+        apply_all(&mut s, now);
+        let winch = HashMap::from([("signal".to_owned(), "28".to_owned())]);
+        assert!(!s.on_event("kill", "a", &winch, now));
+        assert_eq!(deregisters(&s.plan(now, false)), ["host1:a:80"]);
+        assert_eq!(signal_number("TERM"), Some(15));
+        assert_eq!(signal_number("sigkill"), Some(9));
+        assert_eq!(signal_number("nonsense"), None);
+    }
+
+    #[test]
+    fn a_retained_crash_found_running_again_follows_the_container_again() {
+        let now = Instant::now();
+        let mut s = State::new(rules(), Deregister::OnSuccess, Timing::default());
+        s.on_snapshot(&[container("a", "hello")], s.seq(), now);
+        s.on_consul_services(&HashMap::new(), now);
+        apply_all(&mut s, now);
+        let crashed = HashMap::from([("exitCode".to_owned(), "3".to_owned())]);
+        s.on_event("die", "a", &crashed, now);
+        s.forget_touches();
+        // Its restart was missed (a gap in the event stream): a full look
+        // finds it running with another address.
+        let mut moved = container("a", "hello");
+        moved.networks.get_mut(crate::testing::NET).unwrap().ipv4 = Some("172.20.0.9".parse().unwrap());
+        s.on_snapshot(&[moved], s.seq(), now);
+        let ops = s.plan(now, false);
+        assert!(matches!(&ops[..], [Op::Register(r)] if r.address == "172.20.0.9"), "{ops:?}");
+        // And a retained container found gone is deregistered.
+        apply_all(&mut s, now);
+        s.on_event("die", "a", &crashed, now);
+        s.on_inspected("a", None, s.seq());
+        assert_eq!(deregisters(&s.plan(now, false)), ["host1:a:80"]);
+    }
+
+    #[test]
+    fn two_containers_claiming_one_id_always_give_it_to_the_same_one() {
+        let now = Instant::now();
+        for order in [["x", "y"], ["y", "x"]] {
+            let cs: Vec<Container> = order
+                .iter()
+                .map(|id| {
+                    let mut c = container(id, "hello");
+                    c.env.insert("SERVICE_ID".into(), "shared".into());
+                    c.networks.get_mut(crate::testing::NET).unwrap().ipv4 =
+                        Some(if *id == "x" { "172.20.0.1" } else { "172.20.0.2" }.parse().unwrap());
+                    c
+                })
+                .collect();
+            let s = ready(now, &cs);
+            let ops = s.plan(now, false);
+            assert!(matches!(&ops[..], [Op::Register(r)] if r.address == "172.20.0.1"), "{ops:?}");
+        }
+    }
+
+    #[test]
+    fn a_refused_refresh_is_retried_when_due_and_never_spins() {
+        let now = Instant::now();
+        let mut c = container("a", "hello");
+        c.health = Some("healthy".into());
+        let mut s = ready(now, std::slice::from_ref(&c));
+        apply_all(&mut s, now);
+        let refresh = s.plan(now, true);
+        s.on_outcome(&refresh[0], Outcome::Refused { reason: "403".into(), forbidden: true }, now);
+        let due = s.next_retry().unwrap();
+        assert!(due > now);
+        assert!(s.plan(now, false).is_empty());
+        assert!(matches!(&s.plan(due, false)[..], [Op::Refresh(_)]), "retried when due without a full look");
+        s.on_outcome(&refresh[0], Outcome::Refused { reason: "403".into(), forbidden: true }, due);
+        assert!(s.next_retry().unwrap() > due, "the next retry moves on");
+    }
+
+    #[test]
+    fn an_agent_that_flaps_keeps_its_waits_and_is_looked_at_after_each_outage() {
+        let t0 = Instant::now();
+        let mut s = ready(t0, &[container("a", "hello")]);
+        let mut now = t0;
+        for _ in 0..4 {
+            s.on_consul_failed("503".into(), now);
+            now = s.next_retry().unwrap();
+        }
+        let wait_before = s.next_retry().unwrap() - t0;
+        // An op that was in flight succeeds: the agent answers, but what it
+        // holds is looked at before anything else is planned.
+        s.on_outcome(&Op::Deregister { id: "x".into(), name: "x".into() }, Outcome::Done, now);
+        assert!(!s.consul_down() && s.consul_needs_look());
+        assert!(s.plan(now, false).is_empty());
+        // It fails again at once: the waits go on growing, not from the start.
+        s.on_consul_failed("503".into(), now);
+        let wait = s.next_retry().unwrap() - now;
+        assert!(wait >= Duration::from_millis(1600), "{wait:?} after {wait_before:?}");
     }
 
     #[test]
@@ -880,7 +1152,7 @@ mod tests {
         // A changed request is news: tried at once, logged once.
         let mut changed = container("a", "hello");
         changed.env.insert("SERVICE_TAGS".into(), "v2".into());
-        s.on_inspected("a", Some(&changed));
+        s.on_inspected("a", Some(&changed), s.seq());
         assert_eq!(registers(&s.plan(now, false)), ["host1:a:80"]);
     }
 
@@ -891,7 +1163,7 @@ mod tests {
         let ops = s.plan(now, false);
         s.on_outcome(&ops[0], Outcome::Refused { reason: "no".into(), forbidden: false }, now);
         assert!(s.next_retry().is_some());
-        assert!(!s.on_event("destroy", "a", &HashMap::new()));
+        assert!(!s.on_event("destroy", "a", &HashMap::new(), Instant::now()));
         s.prune_refused();
         assert_eq!(s.next_retry(), None, "nothing waits for a container that is gone");
         assert!(s.refusals().is_empty());
@@ -958,11 +1230,11 @@ mod tests {
         bad.env.insert("SERVICE_CHECK_INTERVAL".into(), "soon".into());
         bad.env.insert("SERVICE_CHECK_HTTP".into(), "/".into());
         let mut s = ready(now, std::slice::from_ref(&bad));
-        s.on_snapshot(std::slice::from_ref(&bad));
-        s.on_inspected("a", Some(&bad));
+        s.on_snapshot(std::slice::from_ref(&bad), s.seq(), Instant::now());
+        s.on_inspected("a", Some(&bad), s.seq());
         let notes = s.take_notes();
         assert_eq!(notes.iter().filter(|n| matches!(n, Note::Problems { .. })).count(), 1, "{notes:?}");
-        s.on_inspected("a", Some(&container("a", "hello")));
+        s.on_inspected("a", Some(&container("a", "hello")), s.seq());
         assert!(matches!(&s.take_notes()[..], [Note::Problems { problems, .. }] if problems.is_empty()));
     }
 

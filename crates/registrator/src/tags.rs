@@ -81,7 +81,7 @@ fn data(c: &Container) -> Value {
             (name.clone(), object([("IPAddress", ip(Some(a))), ("Gateway", Value::from(gateway))]))
         })
         .collect();
-    let mode = if c.host_network { "host".to_owned() } else { c.networks.keys().next().cloned().unwrap_or_default() };
+    let mode = c.network_mode.clone();
     object([
         ("ID", Value::from(c.id.as_str())),
         ("Name", Value::from(format!("/{}", c.name))),
