@@ -340,7 +340,9 @@ async fn follow_events(engine: Engine, metrics: Metrics, tx: mpsc::UnboundedSend
     }
 }
 
-/// A piece of I/O the loop runs; at most [`IN_FLIGHT`] at once.
+/// A piece of I/O the loop runs; at most [`IN_FLIGHT`] at once against
+/// Docker and as many against the agent, so ops never queue behind
+/// inspects Docker holds.
 enum Job {
     /// List and inspect every running container; the state's `seq` when asked.
     LookAll(u64),
@@ -364,7 +366,11 @@ const IN_FLIGHT: usize = 16;
 /// busy spell (from idle to idle) has done.
 #[derive(Default)]
 struct Pending {
-    queue: std::collections::VecDeque<Job>,
+    /// Jobs waiting, for Docker and for the agent, and how many run.
+    docker_queue: std::collections::VecDeque<Job>,
+    consul_queue: std::collections::VecDeque<Job>,
+    docker_running: usize,
+    consul_running: usize,
     /// A full look is wanted (stream connected, `--resync`, Docker retry).
     full: bool,
     /// A look at the agent is wanted (`--verify`, after a full look).
@@ -416,23 +422,32 @@ pub async fn drive<D: Docker, A: Agent>(
         if !w.looking_consul {
             for op in state.plan(now, std::mem::take(&mut w.refresh)) {
                 if w.busy.insert(op.service_id().to_owned()) {
-                    w.queue.push_back(Job::Op(op));
+                    w.consul_queue.push_back(Job::Op(op));
                 }
             }
         }
         if (w.full || state.docker_look_due(now)) && !w.looking_all && state.docker_may_try(now) {
             w.full = false;
             w.looking_all = true;
-            w.queue.push_front(Job::LookAll(state.seq()));
+            w.docker_queue.push_front(Job::LookAll(state.seq()));
         }
         let consul_wanted = w.look_consul || state.consul_needs_look();
         if consul_wanted && !w.looking_consul && w.busy.is_empty() && state.consul_may_try(now) {
             w.look_consul = false;
             w.looking_consul = true;
-            w.queue.push_front(Job::LookConsul);
+            w.consul_queue.push_front(Job::LookConsul);
         }
-        while inflight.len() < IN_FLIGHT {
-            let Some(job) = w.queue.pop_front() else { break };
+        loop {
+            let job = if w.docker_running < IN_FLIGHT && !w.docker_queue.is_empty() {
+                w.docker_running += 1;
+                w.docker_queue.pop_front()
+            } else if w.consul_running < IN_FLIGHT && !w.consul_queue.is_empty() {
+                w.consul_running += 1;
+                w.consul_queue.pop_front()
+            } else {
+                None
+            };
+            let Some(job) = job else { break };
             if w.spell.is_none() {
                 w.spell = Some(Spell { started: Instant::now(), full: false, registered: 0, deregistered: 0 });
             }
@@ -501,7 +516,7 @@ fn inspect(state: &State, w: &mut Pending, id: String) {
     if w.inspecting.contains(&id) {
         w.again.insert(id);
     } else if w.queued.insert(id.clone()) {
-        w.queue.push_back(Job::Inspect(id, state.seq()));
+        w.docker_queue.push_back(Job::Inspect(id, state.seq()));
     }
 }
 
@@ -523,6 +538,10 @@ async fn run_job<D: Docker, A: Agent>(registrar: &Registrar<D, A>, job: Job) -> 
 /// Takes what a job found or did back into the state.
 fn settle<D: Docker, A: Agent>(registrar: &Registrar<D, A>, state: &mut State, w: &mut Pending, done: Done) {
     let now = Instant::now();
+    match done {
+        Done::Snapshot(..) | Done::Inspected(..) => w.docker_running -= 1,
+        Done::Services(_) | Done::Executed(..) => w.consul_running -= 1,
+    }
     match done {
         Done::Snapshot(since, Ok(containers)) => {
             w.looking_all = false;
@@ -821,6 +840,25 @@ mod tests {
         assert!(!h.agent().holds("host1:slow:80"));
         tokio::time::sleep(Duration::from_secs(5)).await;
         assert!(h.agent().holds("host1:slow:80"));
+        h.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ops_never_queue_behind_inspects_docker_holds() {
+        let h = Harness::start(&[container("a", "hello")], OPTS);
+        settle().await;
+        // More held inspects than may run at once.
+        for i in 0..(IN_FLIGHT + 4) {
+            let id = format!("held{i}");
+            h.docker().slow.lock().unwrap().insert(id.clone(), Duration::from_secs(5));
+            h.docker().containers.lock().unwrap().insert(id.clone(), container(&id, "held"));
+            h.event("start", &id);
+        }
+        settle().await;
+        let attributes = HashMap::from([("signal".to_owned(), "15".to_owned())]);
+        h.tx.send(Work::Event { action: "kill".into(), id: "a".into(), attributes }).unwrap();
+        settle().await;
+        assert!(!h.agent().holds("host1:a:80"), "the deregistration did not wait for Docker");
         h.stop().await;
     }
 

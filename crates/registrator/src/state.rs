@@ -394,8 +394,14 @@ impl State {
                 false
             }
             "die" => {
+                // Not running any more: nothing to ask Docker (which may
+                // hold the inspect while it finishes the stop); a restart
+                // is its own `start`.
                 self.stopping.remove(id);
-                !self.retained.contains(id)
+                if !self.retained.contains(id) {
+                    self.wanted.remove(id);
+                }
+                false
             }
             "destroy" => {
                 self.stopping.remove(id);
@@ -900,7 +906,7 @@ mod tests {
         assert!(!s.on_event("stop", "a", &HashMap::new(), Instant::now()));
         s.on_snapshot(&[container("a", "hello")], s.seq(), Instant::now());
         assert!(s.plan(now, false).is_empty());
-        assert!(s.on_event("die", "a", &HashMap::new(), Instant::now()));
+        assert!(!s.on_event("die", "a", &HashMap::new(), Instant::now()));
         assert!(s.on_event("start", "a", &HashMap::new(), Instant::now()));
         s.on_inspected("a", Some(&container("a", "hello")), s.seq());
         assert_eq!(registers(&s.plan(now, false)), ["host1:a:80"]);
@@ -926,7 +932,7 @@ mod tests {
         let crashed = HashMap::from([("exitCode".to_owned(), "3".to_owned())]);
         let clean = HashMap::from([("exitCode".to_owned(), "0".to_owned())]);
         assert!(!s.on_event("die", "a", &crashed, Instant::now()));
-        assert!(s.on_event("die", "b", &clean, Instant::now()));
+        assert!(!s.on_event("die", "b", &clean, Instant::now()), "a death needs no inspect");
         s.on_inspected("b", None, s.seq());
         s.on_snapshot(&[], s.seq(), Instant::now());
         assert_eq!(deregisters(&s.plan(now, false)), ["host1:b:80"], "the crashed one stays");
