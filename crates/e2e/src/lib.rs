@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use testkit::free_port;
+use testkit::stable_port;
 
 /// One compose project of the stack.
 pub struct Stack {
@@ -45,10 +45,12 @@ impl Stack {
     pub fn new(name: &str) -> Self {
         Self {
             project: format!("portolan-{name}"),
-            http_port: free_port(),
-            stats_port: free_port(),
-            consul_port: free_port(),
-            dns_port: free_port(),
+            // Outside the ephemeral range: a service the faults suite stops
+            // and starts again finds its port still free.
+            http_port: stable_port(),
+            stats_port: stable_port(),
+            consul_port: stable_port(),
+            dns_port: stable_port(),
             overrides: Vec::new(),
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(5))

@@ -14,6 +14,31 @@ pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("bind 127.0.0.1:0")
 }
 
+/// A free port below the kernel's ephemeral range (where neither outgoing
+/// connections nor Docker's randomly published ports are given one), for a
+/// server a test stops and starts again on the same port: nothing else can
+/// take it meanwhile. Free on TCP and UDP, on every address, when asked;
+/// picked at random so parallel tests rarely try the same one.
+pub fn stable_port() -> u16 {
+    use std::net::UdpSocket;
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (from, to) = (10_000u16, low.saturating_sub(1).max(10_001));
+    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0)
+        ^ std::process::id().rotate_left(16);
+    let span = u32::from(to - from);
+    for i in 0..span {
+        let port = from + u16::try_from((seed.wrapping_add(i.wrapping_mul(7919))) % span).unwrap_or(0);
+        let free = TcpListener::bind(("0.0.0.0", port)).is_ok() && UdpSocket::bind(("0.0.0.0", port)).is_ok();
+        if free {
+            return port;
+        }
+    }
+    panic!("no free port in {from}..{to}")
+}
+
 /// Polls `check` every 20 ms until it returns `Some`, or panics after `limit`
 /// with `what` and the last value seen.
 pub async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
