@@ -41,10 +41,13 @@ fn compose_file() -> PathBuf {
 }
 
 impl Stack {
-    /// A stack named `portolan-<name>` with free host ports (not yet up).
+    /// A stack named `portolan-<name>-<pid>` with free host ports (not yet up).
     pub fn new(name: &str) -> Self {
         Self {
-            project: format!("portolan-{name}"),
+            // Of this process alone: what a failed run left behind (Docker
+            // may keep a network whose endpoint it failed to remove) is
+            // never in the way.
+            project: format!("portolan-{name}-{}", std::process::id()),
             // Outside the ephemeral range: a service the faults suite stops
             // and starts again finds its port still free.
             http_port: stable_port(),

@@ -805,16 +805,16 @@ mod tests {
         h.event("start", "b");
         tokio::time::sleep(Duration::from_secs(60)).await;
         let during = h.agent().all_since(t0);
-        assert!(during <= 12, "{during} requests to an agent down for a minute");
+        assert!(during <= 25, "{during} requests to an agent down for a minute");
         assert!(h.registrar.health().is_err_and(|why| why.contains("unreachable")));
         assert_eq!(h.registrar.metrics.consul_up.get(), 0);
 
         h.agent().down.store(false, Ordering::Relaxed);
         let back = Instant::now();
-        // The waits are capped at 30 s: caught up within that.
+        // The waits are capped at 5 s: caught up within that.
         while !h.agent().holds("host1:b:80") {
             tokio::time::sleep(Duration::from_millis(100)).await;
-            assert!(back.elapsed() <= Duration::from_secs(31), "not caught up");
+            assert!(back.elapsed() <= Duration::from_secs(6), "not caught up");
         }
         assert!(h.registrar.health().is_ok());
         h.stop().await;

@@ -269,7 +269,7 @@ impl Default for Timing {
             refused_max: Duration::from_secs(60),
             remind_every: Duration::from_secs(60),
             down_base: Duration::from_millis(200),
-            down_max: Duration::from_secs(30),
+            down_max: Duration::from_secs(5),
         }
     }
 }
@@ -1209,8 +1209,8 @@ mod tests {
             last_wait = wait;
             probes += 1;
         }
-        assert!(probes <= 12, "{probes} probes in a minute");
-        assert!(last_wait >= Duration::from_secs(15), "{last_wait:?}");
+        assert!(probes <= 25, "{probes} probes in a minute");
+        assert!(last_wait >= Duration::from_millis(2500), "{last_wait:?}");
         s.on_consul_services(&HashMap::new(), now);
         assert_eq!(registers(&s.plan(now, false)).len(), 2);
         let notes = s.take_notes();

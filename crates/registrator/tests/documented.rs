@@ -472,7 +472,7 @@ async fn an_agent_down_for_a_minute_is_waited_for_calmly() {
         .skip(log_before)
         .filter(|l| l.contains("\"level\":\"WARN\"") || l.contains("\"level\":\"ERROR\""))
         .count();
-    assert!(tries <= 15, "{tries} connections to an agent down for a minute");
+    assert!(tries <= 25, "{tries} connections to an agent down for a minute (waits grow to 5 s)");
     assert!(lines <= 2, "{lines} warnings while the agent was down:\n{}", reg.log());
     let (status, why) = reg.health().await.unwrap();
     assert_eq!(status, 503);
@@ -480,7 +480,7 @@ async fn an_agent_down_for_a_minute_is_waited_for_calmly() {
 
     consul.restart().await;
     let back = std::time::Instant::now();
-    eventually("both registered again", Duration::from_secs(35), || async {
+    eventually("both registered again", Duration::from_secs(10), || async {
         let v = of_scene(&consul, &scene).await;
         if v.len() == 2 { Ok(()) } else { Err(format!("{v:?}")) }
     })
