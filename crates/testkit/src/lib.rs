@@ -26,8 +26,9 @@ pub fn stable_port() -> u16 {
         .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
         .unwrap_or(32768);
     let (from, to) = (10_000u16, low.saturating_sub(1).max(10_001));
-    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0)
-        ^ std::process::id().rotate_left(16);
+    let seed =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0)
+            ^ std::process::id().rotate_left(16);
     let span = u32::from(to - from);
     for i in 0..span {
         let port = from + u16::try_from((seed.wrapping_add(i.wrapping_mul(7919))) % span).unwrap_or(0);
