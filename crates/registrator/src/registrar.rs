@@ -794,6 +794,20 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_refused_container_started_during_the_first_look_is_noted_once() {
+        let mut bad = container("bad", "bad");
+        bad.env.insert("SERVICE_CHECK_SCRIPT".into(), "/bin/check".into());
+        let h = Harness::start(&[], OPTS);
+        *h.agent().refuse.lock().unwrap() = Some("bad".into());
+        h.docker().containers.lock().unwrap().insert("bad".into(), bad);
+        h.event("connect", "bad");
+        h.event("start", "bad");
+        tokio::time::sleep(Duration::from_secs(150)).await;
+        assert_eq!(h.registrar.metrics.refusals.get(), 1);
+        h.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn an_agent_down_for_a_minute_is_probed_with_growing_waits_and_caught_up_after() {
         let h = Harness::start(&[container("a", "hello")], OPTS);
         settle().await;
