@@ -9,9 +9,26 @@ use std::net::{SocketAddr, TcpListener};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// A free TCP port on 127.0.0.1 (free when asked; good enough for tests).
+/// Ports this process handed out: never handed out twice (a Consul agent
+/// given one port for two of its listeners does not start).
+static HANDED_OUT: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
+
+/// Whether `port` was not handed out before in this process; marks it so.
+fn fresh_port(port: u16) -> bool {
+    HANDED_OUT.lock().map(|mut seen| seen.insert(port)).unwrap_or(true)
+}
+
+/// A free TCP port on 127.0.0.1 (free when asked; good enough for tests),
+/// never the same twice in one process.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("bind 127.0.0.1:0")
+    loop {
+        let port =
+            TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("bind 127.0.0.1:0");
+        if fresh_port(port) {
+            return port;
+        }
+    }
 }
 
 /// A free port below the kernel's ephemeral range (where neither outgoing
@@ -33,7 +50,7 @@ pub fn stable_port() -> u16 {
     for i in 0..span {
         let port = from + u16::try_from((seed.wrapping_add(i.wrapping_mul(7919))) % span).unwrap_or(0);
         let free = TcpListener::bind(("0.0.0.0", port)).is_ok() && UdpSocket::bind(("0.0.0.0", port)).is_ok();
-        if free {
+        if free && fresh_port(port) {
             return port;
         }
     }
