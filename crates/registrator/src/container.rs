@@ -83,9 +83,10 @@ impl NetworkAddress {
 }
 
 impl Container {
-    /// A setting by key: a label wins over an environment variable.
-    pub fn setting(&self, key: &str) -> Option<&str> {
-        self.labels.get(key).or_else(|| self.env.get(key)).map(String::as_str)
+    /// Every setting, environment first, then labels: read in order, a
+    /// label wins over an environment variable of the same name.
+    pub fn settings(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.env.iter().chain(self.labels.iter()).map(|(k, v)| (k.as_str(), v.as_str()))
     }
 }
 
@@ -115,6 +116,7 @@ mod tests {
             labels: [("SERVICE_NAME".to_owned(), "label".to_owned())].into(),
             ..Container::default()
         };
-        assert_eq!(c.setting("SERVICE_NAME"), Some("label"));
+        let last: BTreeMap<&str, &str> = c.settings().collect();
+        assert_eq!(last.get("SERVICE_NAME"), Some(&"label"));
     }
 }

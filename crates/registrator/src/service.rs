@@ -470,18 +470,18 @@ impl<'a> Keys<'a> {
     fn of(c: &'a Container) -> Self {
         let mut global = BTreeMap::new();
         let mut per_port: BTreeMap<u16, BTreeMap<String, &'a str>> = BTreeMap::new();
-        // Environment first, then labels, which win.
-        for (key, value) in c.env.iter().chain(c.labels.iter()) {
+        // Labels come last, so they win.
+        for (key, value) in c.settings() {
             let Some(rest) = key.strip_prefix("SERVICE_") else { continue };
             let rest = rest.to_ascii_uppercase();
             match rest.split_once('_') {
                 Some((num, k)) if !num.is_empty() && num.bytes().all(|b| b.is_ascii_digit()) => {
                     if let Ok(n) = num.parse::<u16>() {
-                        per_port.entry(n).or_default().insert(k.to_owned(), value.as_str());
+                        per_port.entry(n).or_default().insert(k.to_owned(), value);
                     }
                 }
                 _ => {
-                    global.insert(rest, value.as_str());
+                    global.insert(rest, value);
                 }
             }
         }
