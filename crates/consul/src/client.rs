@@ -8,7 +8,7 @@ use serde::de::DeserializeOwned;
 use url::Url;
 
 use crate::address::Settings;
-use crate::types::{AgentService, Registration, ServiceEntry};
+use crate::types::{AgentService, EntryCheck, Node, NodeServices, Registration, ServiceEntry};
 
 /// Everything that can go wrong talking to Consul. No variant carries the
 /// ACL token.
@@ -154,7 +154,7 @@ impl Client {
         index: u64,
         wait: Duration,
     ) -> Result<Indexed<BTreeMap<String, Vec<String>>>, Error> {
-        self.blocking("v1/catalog/services".to_owned(), index, wait).await
+        self.blocking("v1/catalog/services".to_owned(), &[], index, wait).await
     }
 
     /// The instances of one service with their checks, as a blocking query.
@@ -164,16 +164,43 @@ impl Client {
         index: u64,
         wait: Duration,
     ) -> Result<Indexed<Vec<ServiceEntry>>, Error> {
-        self.blocking(format!("v1/health/service/{}", encode(name)), index, wait).await
+        self.blocking(format!("v1/health/service/{}", encode(name)), &[], index, wait).await
+    }
+
+    /// Every check that is not passing, cluster-wide (node checks such as
+    /// `serfHealth` and maintenance included), as a blocking query. The
+    /// filter is applied by Consul 1.4 and later; older agents ignore it and
+    /// answer every check, which callers must tolerate.
+    pub async fn unhealthy_checks(&self, index: u64, wait: Duration) -> Result<Indexed<Vec<EntryCheck>>, Error> {
+        self.blocking("v1/health/state/any".to_owned(), &[("filter", "Status != \"passing\"")], index, wait).await
+    }
+
+    /// The checks of `node` and its services that are not passing (see
+    /// [`Client::unhealthy_checks`] for the filter).
+    pub async fn node_unhealthy_checks(&self, node: &str) -> Result<Indexed<Vec<EntryCheck>>, Error> {
+        let path = format!("v1/health/node/{}", encode(node));
+        self.blocking(path, &[("filter", "Status != \"passing\"")], 0, Duration::ZERO).await
+    }
+
+    /// The catalog's nodes.
+    pub async fn catalog_nodes(&self) -> Result<Indexed<Vec<Node>>, Error> {
+        self.blocking("v1/catalog/nodes".to_owned(), &[], 0, Duration::ZERO).await
+    }
+
+    /// The services registered on `node`; `None` when the catalog has no
+    /// such node (any more).
+    pub async fn node_services(&self, node: &str) -> Result<Indexed<Option<NodeServices>>, Error> {
+        self.blocking(format!("v1/catalog/node/{}", encode(node)), &[], 0, Duration::ZERO).await
     }
 
     async fn blocking<T: DeserializeOwned>(
         &self,
         path: String,
+        query: &[(&str, &str)],
         index: u64,
         wait: Duration,
     ) -> Result<Indexed<T>, Error> {
-        let mut req = self.request(Method::GET, &path);
+        let mut req = self.request(Method::GET, &path).query(query);
         if index > 0 {
             // Consul adds up to wait/16 of jitter; leave room for it.
             let wait_ms = wait.as_millis().max(1);

@@ -20,4 +20,6 @@ pub mod types;
 pub use address::{ConsulArgs, Settings};
 pub use backoff::Backoff;
 pub use client::{Client, Error, Indexed};
-pub use types::{AgentService, Check, HealthStatus, Registration, ServiceEntry};
+pub use types::{
+    AgentService, Check, EntryCheck, EntryService, HealthStatus, Node, NodeServices, Registration, ServiceEntry,
+};

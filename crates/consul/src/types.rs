@@ -136,14 +136,32 @@ pub struct EntryService {
     pub address: String,
     #[serde(default)]
     pub port: u16,
+    /// The Raft index of the service's last change.
+    #[serde(default)]
+    pub modify_index: u64,
 }
 
-#[derive(Clone, Debug, Deserialize)]
+/// One health check, as the health endpoints list it: a node's own check
+/// (`serfHealth`, `_node_maintenance`) has an empty `service_id`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct EntryCheck {
+    #[serde(default)]
+    pub node: String,
     #[serde(rename = "CheckID", default)]
     pub check_id: String,
     pub status: HealthStatus,
+    #[serde(rename = "ServiceID", default)]
+    pub service_id: String,
+}
+
+/// `GET /v1/catalog/node/:node`: a node and the services registered on it.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct NodeServices {
+    pub node: Node,
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub services: BTreeMap<String, EntryService>,
 }
 
 /// A check's state, ordered from best to worst.

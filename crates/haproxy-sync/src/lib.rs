@@ -14,6 +14,7 @@
 pub mod config;
 pub mod haproxy;
 pub mod keeper;
+pub mod known;
 pub mod metrics;
 pub mod model;
 pub mod render;
@@ -80,7 +81,12 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
 
     let (tx, mut rx) = channel::channel(None);
     let watch_opts = WatchOptions { tag: args.tag.clone(), ..WatchOptions::default() };
-    let stats = Arc::new(WatchStats { errors: metrics.consul_errors.clone(), up: metrics.consul_up.clone() });
+    let stats = Arc::new(WatchStats {
+        errors: metrics.consul_errors.clone(),
+        up: metrics.consul_up.clone(),
+        service_reads: metrics.consul_service_reads.clone(),
+        sweeps: metrics.consul_sweeps.clone(),
+    });
     let watcher = tokio::spawn(watch::run(client, watch_opts, tx, stats, shutdown.clone()));
     if let (Some(addr), false) = (args.metrics_addr.0, args.dry_run || args.once) {
         let mut registry = Registry::with_prefix("haproxy_sync");

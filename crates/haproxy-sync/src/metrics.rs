@@ -28,6 +28,10 @@ pub struct Metrics {
     pub consul_errors: Counter,
     /// 1 while Consul answers the watches.
     pub consul_up: Gauge,
+    /// Reads of one service's instances (a change the service list located).
+    pub consul_service_reads: Counter,
+    /// Sweeps of every node's services (a change it did not locate).
+    pub consul_sweeps: Counter,
     /// Applied changes, by kind.
     pub applies: Family<KindLabel, Counter>,
     pub apply_seconds: Family<KindLabel, Histogram>,
@@ -46,6 +50,8 @@ impl Default for Metrics {
         Self {
             consul_errors: Counter::default(),
             consul_up: Gauge::default(),
+            consul_service_reads: Counter::default(),
+            consul_sweeps: Counter::default(),
             applies: Family::default(),
             apply_seconds: Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.0005, 2.0, 16))),
             reload_failures: Counter::default(),
@@ -62,6 +68,16 @@ impl Metrics {
     pub fn register(&self, registry: &mut Registry) {
         registry.register("consul_errors", "Consul watch queries that failed", self.consul_errors.clone());
         registry.register("consul_up", "1 while Consul answers the watches", self.consul_up.clone());
+        registry.register(
+            "consul_service_reads",
+            "Reads of one service's instances, for changes the service list located",
+            self.consul_service_reads.clone(),
+        );
+        registry.register(
+            "consul_sweeps",
+            "Reads of every node's services, for changes the service list did not locate",
+            self.consul_sweeps.clone(),
+        );
         registry.register("applies", "Configuration changes applied, by kind", self.applies.clone());
         registry.register("apply_duration_seconds", "Time to apply a change, by kind", self.apply_seconds.clone());
         registry.register("reload_failures", "Reloads HAProxy did not confirm", self.reload_failures.clone());

@@ -38,12 +38,17 @@ struct Lb {
 
 impl Lb {
     async fn start(consul: &TestConsul, extra: &[&str]) -> Lb {
+        Lb::start_at(&consul.url(), extra).await
+    }
+
+    /// With Consul at `url` (a proxy in front of it, say).
+    async fn start_at(url: &str, extra: &[&str]) -> Lb {
         let (http, stats, admin) = (free_port(), free_port(), free_port());
         let dir = std::env::temp_dir().join(format!("haproxy-sync-test-{http}"));
         std::fs::create_dir_all(&dir).unwrap();
         let mut argv: Vec<String> = [
             "haproxy-sync",
-            &consul.url(),
+            url,
             "--config",
             &dir.join("haproxy.cfg").display().to_string(),
             "--master-socket",
@@ -448,4 +453,161 @@ async fn with_acls_on_a_token_routes_and_a_missing_or_revoked_one_unroutes_nothi
     assert!(with.config().contains("web"));
     without.stop().await;
     with.stop().await;
+}
+
+/// `consul maint` as an operator runs it, against the agent at `http`.
+fn consul_maint(http: std::net::SocketAddr, args: &[&str]) {
+    let status = std::process::Command::new("consul")
+        .arg("maint")
+        .args(args)
+        .arg(format!("-http-addr=http://{http}"))
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "consul maint {args:?}");
+}
+
+/// The status of a node's `serfHealth` check, as Consul reports it.
+async fn serf_health(consul: &TestConsul, node: &str) -> String {
+    let checks: serde_json::Value =
+        reqwest::get(format!("{}/v1/health/node/{node}", consul.url())).await.unwrap().json().await.unwrap();
+    checks
+        .as_array()
+        .and_then(|a| a.iter().find(|c| c["CheckID"] == "serfHealth"))
+        .and_then(|c| c["Status"].as_str())
+        .unwrap_or("absent")
+        .to_owned()
+}
+
+#[tokio::test]
+async fn instances_on_a_node_that_failed_or_is_in_maintenance_are_not_routed() {
+    let consul = TestConsul::start().await;
+    let mut other = consul.join_client().await;
+    eventually("the second node is in the catalog", LIMIT, || async {
+        if serf_health(&consul, &other.node).await == "passing" { Ok(()) } else { Err("not yet".to_owned()) }
+    })
+    .await;
+    let (a, b) = (backend().await, backend().await);
+    register(&consul, "h-a", "hello", a, &[]).await;
+    // The other node's instance has a check of its own that passes, and
+    // keeps passing in the catalog when its agent dies.
+    let reg = Registration {
+        id: "h-b".into(),
+        name: "hello".into(),
+        tags: vec!["rest".into()],
+        address: "127.0.0.1".into(),
+        port: b,
+        checks: vec![Check { ttl: Some("1h".into()), status: Some("passing".into()), ..Check::default() }],
+        ..Registration::default()
+    };
+    other.client().register(&reg).await.unwrap();
+    let lb = Lb::start(&consul, &[]).await;
+    lb.wait_ports("/hello", &[a, b]).await;
+
+    // Node maintenance, then a single instance's.
+    consul_maint(consul.http, &["-enable", "-reason", "test"]);
+    lb.wait_ports("/hello", &[b]).await;
+    consul_maint(consul.http, &["-disable"]);
+    lb.wait_ports("/hello", &[a, b]).await;
+    consul_maint(other.http, &["-enable", "-service", "h-b"]);
+    lb.wait_ports("/hello", &[a]).await;
+    consul_maint(other.http, &["-disable", "-service", "h-b"]);
+    lb.wait_ports("/hello", &[a, b]).await;
+
+    // The other host is lost: Consul's failure detection marks its node
+    // critical while the instance's own check still reads passing; its
+    // backend still answers, so HAProxy's own checks would keep it.
+    other.kill();
+    let node = other.node.clone();
+    let critical = eventually("Consul marks the lost node critical", Duration::from_secs(60), || async {
+        if serf_health(&consul, &node).await == "critical" {
+            Ok(std::time::Instant::now())
+        } else {
+            Err("not yet".into())
+        }
+    })
+    .await;
+    let service_check: serde_json::Value =
+        reqwest::get(format!("{}/v1/health/checks/hello", consul.url())).await.unwrap().json().await.unwrap();
+    assert!(
+        service_check.as_array().unwrap().iter().any(|c| c["ServiceID"] == "h-b" && c["Status"] == "passing"),
+        "the instance's own check still passes: {service_check}"
+    );
+    lb.wait_ports("/hello", &[a]).await;
+    eprintln!("serfHealth critical → out of HAProxy: {:?}", critical.elapsed());
+    lb.stop().await;
+}
+
+/// The default template without HAProxy's active checks (a thousand
+/// servers on one loopback backend would check it a thousand times a second).
+fn unchecked_template(dir: &std::path::Path) -> PathBuf {
+    let template =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../haproxy/haproxy.cfg.hbs")).unwrap();
+    let unchecked = template.replace(" check weight", " weight").replace("    option httpchk GET {{check_path}}\n", "");
+    assert_ne!(unchecked, template, "the default template's checks moved");
+    let path = dir.join("unchecked.hbs");
+    std::fs::write(&path, unchecked).unwrap();
+    path
+}
+
+#[tokio::test]
+async fn a_thousand_services_route_through_a_consul_with_default_limits_on_few_connections() {
+    const SERVICES: usize = 1000;
+    let consul = TestConsul::start().await;
+    let (a, b) = (backend().await, backend().await);
+    let mut registering = tokio::task::JoinSet::new();
+    for i in 0..SERVICES {
+        let client = consul.client();
+        registering.spawn(async move {
+            let reg = Registration {
+                id: format!("s{i}-1"),
+                name: format!("s{i}"),
+                tags: vec!["rest".into()],
+                address: "127.0.0.1".into(),
+                port: a,
+                ..Registration::default()
+            };
+            client.register(&reg).await
+        });
+        if registering.len() >= 16 {
+            registering.join_next().await.unwrap().unwrap().unwrap();
+        }
+    }
+    while let Some(r) = registering.join_next().await {
+        r.unwrap().unwrap();
+    }
+    let proxy = testkit::CountingProxy::start(consul.http).await;
+    let dir = std::env::temp_dir().join(format!("haproxy-sync-smoke-{}", free_port()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let template = unchecked_template(&dir).display().to_string();
+    let lb = Lb::start_at(&format!("http://{}", proxy.addr), &["--template", &template]).await;
+    for path in ["/s0", "/s500", "/s999"] {
+        eventually(&format!("{path} routed"), Duration::from_secs(30), || async {
+            match lb.get(path).await {
+                Ok((200, _)) => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        })
+        .await;
+    }
+    // Everything is routed by the first configuration: HAProxy started
+    // with it, and nothing was reloaded after.
+    assert_eq!(lb.metric("haproxy_sync_applies_total{kind=\"reload\"}").await, 0.0);
+    assert_eq!(lb.config().lines().filter(|l| l.starts_with("backend be_s")).count(), SERVICES);
+
+    // One instance more in one service: found and applied without a reload,
+    // with a handful of requests to Consul, not one per service.
+    let before = proxy.requests();
+    register(&consul, "s500-2", "s500", b, &[]).await;
+    lb.wait_ports("/s500", &[a, b]).await;
+    let spent = proxy.requests() - before;
+    assert!(spent < 20, "{spent} requests to Consul for one changed instance");
+    assert_eq!(lb.metric("haproxy_sync_applies_total{kind=\"reload\"}").await, 0.0);
+
+    let open = proxy.max_open();
+    assert!(open <= 8, "{open} connections to Consul at once");
+    assert_eq!(lb.metric("haproxy_sync_consul_errors_total").await, 0.0, "Consul refused nothing");
+    eprintln!("{SERVICES} services: at most {open} connections to Consul; one instance change cost {spent} requests");
+    lb.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -79,8 +79,12 @@ pub struct TestConsul {
     child: Child,
     pub http: SocketAddr,
     pub dns: SocketAddr,
-    node: String,
+    /// The LAN gossip port, which other agents join.
+    pub serf: u16,
+    pub node: String,
     extra: Vec<String>,
+    /// A client agent's data directory (a dev agent keeps none).
+    data_dir: Option<std::path::PathBuf>,
 }
 
 impl TestConsul {
@@ -93,10 +97,40 @@ impl TestConsul {
     pub async fn start_with(extra: &[&str]) -> Self {
         let node = format!("test-{}", free_port());
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        let (child, http, dns) = spawn(&node, None, &extra);
-        let consul = Self { child, http, dns, node, extra };
+        let (child, http, dns, serf) = spawn(&node, None, &extra);
+        let consul = Self { child, http, dns, serf, node, extra, data_dir: None };
         consul.wait_ready().await;
         consul
+    }
+
+    /// Starts a second agent, a client (no server) on a node of its own,
+    /// joined to this one's cluster: another host, as Consul sees it.
+    pub async fn join_client(&self) -> Self {
+        let node = format!("test-client-{}", free_port());
+        let data_dir = std::env::temp_dir().join(&node);
+        std::fs::create_dir_all(&data_dir).expect("client agent data dir");
+        let extra: Vec<String> = [
+            "-data-dir",
+            &data_dir.display().to_string(),
+            "-retry-join",
+            &format!("127.0.0.1:{}", self.serf),
+            "-retry-interval",
+            "1s",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let (child, http, dns, serf) = spawn_agent(&node, None, false, &extra);
+        let consul = Self { child, http, dns, serf, node, extra, data_dir: Some(data_dir) };
+        consul.wait_ready().await;
+        consul
+    }
+
+    /// Kills the agent with SIGKILL: its node stops answering gossip, as a
+    /// host cut off or powered off.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// Starts an agent with ACLs on and denying by default; `master` may do anything.
@@ -168,7 +202,8 @@ impl TestConsul {
     /// Starts a fresh, empty agent on the same ports, as a restarted dev agent.
     pub async fn restart(&mut self) {
         self.stop();
-        let (child, _, _) = spawn(&self.node, Some((self.http, self.dns)), &self.extra);
+        let (child, _, _, serf) = spawn(&self.node, Some((self.http, self.dns)), &self.extra);
+        self.serf = serf;
         self.child = child;
         self.wait_ready().await;
     }
@@ -192,24 +227,34 @@ impl TestConsul {
 impl Drop for TestConsul {
     fn drop(&mut self) {
         self.stop();
+        if let Some(dir) = &self.data_dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 
-fn spawn(node: &str, ports: Option<(SocketAddr, SocketAddr)>, extra: &[String]) -> (Child, SocketAddr, SocketAddr) {
+type Spawned = (Child, SocketAddr, SocketAddr, u16);
+
+fn spawn(node: &str, ports: Option<(SocketAddr, SocketAddr)>, extra: &[String]) -> Spawned {
+    spawn_agent(node, ports, true, extra)
+}
+
+fn spawn_agent(node: &str, ports: Option<(SocketAddr, SocketAddr)>, dev: bool, extra: &[String]) -> Spawned {
     let (http, dns) = ports.unwrap_or_else(|| {
         (SocketAddr::from(([127, 0, 0, 1], free_port())), SocketAddr::from(([127, 0, 0, 1], free_port())))
     });
+    let serf = free_port();
     let hcl = format!(
         "ports {{ http = {} dns = {} serf_lan = {} serf_wan = -1 server = {} grpc = -1 }}",
         http.port(),
         dns.port(),
-        free_port(),
+        serf,
         free_port()
     );
     let child = Command::new("consul")
         .args([
             "agent",
-            "-dev",
+            if dev { "-dev" } else { "-server=false" },
             "-bind",
             "127.0.0.1",
             "-client",
@@ -227,7 +272,7 @@ fn spawn(node: &str, ports: Option<(SocketAddr, SocketAddr)>, extra: &[String]) 
         .stderr(Stdio::inherit())
         .spawn()
         .expect("start `consul` (run scripts/install-deps)");
-    (child, http, dns)
+    (child, http, dns, serf)
 }
 
 /// A TCP proxy on loopback in front of `upstream` that keeps every byte
@@ -238,6 +283,8 @@ pub struct CountingProxy {
     pub addr: SocketAddr,
     sent: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
     connections: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// Connections open now, and the most open at once.
+    open: std::sync::Arc<(std::sync::atomic::AtomicUsize, std::sync::atomic::AtomicUsize)>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -249,13 +296,19 @@ impl CountingProxy {
         let addr = listener.local_addr().expect("proxy address");
         let sent = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let connections = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let open =
+            std::sync::Arc::new((std::sync::atomic::AtomicUsize::new(0), std::sync::atomic::AtomicUsize::new(0)));
         let task = tokio::spawn({
-            let (sent, connections) = (sent.clone(), connections.clone());
+            let (sent, connections, open) = (sent.clone(), connections.clone(), open.clone());
             async move {
                 while let Ok((client, _)) = listener.accept().await {
                     connections.fetch_add(1, Ordering::Relaxed);
+                    let now = open.0.fetch_add(1, Ordering::SeqCst) + 1;
+                    open.1.fetch_max(now, Ordering::SeqCst);
                     let sent = sent.clone();
+                    let open = open.clone();
                     tokio::spawn(async move {
+                        let _closed = Closed(open);
                         let Ok(server) = tokio::net::TcpStream::connect(upstream).await else { return };
                         let (mut client_rx, mut client_tx) = client.into_split();
                         let (mut server_rx, mut server_tx) = server.into_split();
@@ -278,7 +331,17 @@ impl CountingProxy {
                 }
             }
         });
-        CountingProxy { addr, sent, connections, task }
+        CountingProxy { addr, sent, connections, open, task }
+    }
+
+    /// The most connections that were open at once.
+    pub fn max_open(&self) -> usize {
+        self.open.1.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Connections open now.
+    pub fn open(&self) -> usize {
+        self.open.0.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// How often `text` occurs in what clients sent.
@@ -299,6 +362,15 @@ impl CountingProxy {
     /// Connections accepted so far (each attempt, answered or not).
     pub fn connections(&self) -> usize {
         self.connections.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// Counts a proxied connection as closed when dropped.
+struct Closed(std::sync::Arc<(std::sync::atomic::AtomicUsize, std::sync::atomic::AtomicUsize)>);
+
+impl Drop for Closed {
+    fn drop(&mut self) {
+        self.0.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
     }
 }
 
