@@ -117,14 +117,7 @@ impl Haproxy {
             .await
             .unwrap_or_else(|_| Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer in 5 s")))
             .map_err(err)?;
-        // `set server ... addr` acknowledges with "IP changed from ..." or
-        // "no need to change ..."; the other commands answer nothing.
-        let refused: Vec<&str> = answer
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty() && !l.contains("changed from") && !l.starts_with("no need to change"))
-            .collect();
-        if refused.is_empty() { Ok(()) } else { Err(HaproxyError::RuntimeRefused(refused.join("; "))) }
+        refusals(&answer).map_err(HaproxyError::RuntimeRefused)
     }
 
     /// Reloads through the master CLI and waits until the master answers
@@ -231,5 +224,58 @@ async fn stop(child: &mut Child, grace: Duration) {
             warn!("HAProxy still running after the grace period; killing it");
             let _ = child.kill().await;
         }
+    }
+}
+
+/// Reads the runtime API's answer to a batch of `set server` commands: the
+/// lines that are not an acknowledgement, joined, or `Ok` when there are
+/// none. `set server ... addr` acknowledges a change with "IP changed from
+/// ..." (and "port changed from ..."), and an address already in force with
+/// "no need to change the addr[, port]" up to HAProxy 2.8 or "nothing
+/// changed" from 2.9 on; `state` and `weight` answer nothing when they
+/// succeed.
+pub fn refusals(answer: &str) -> Result<(), String> {
+    let refused: Vec<&str> = answer
+        .lines()
+        .map(str::trim)
+        .filter(|l| {
+            !l.is_empty()
+                && !l.contains("changed from")
+                && !l.starts_with("no need to change")
+                && !l.eq_ignore_ascii_case("nothing changed")
+        })
+        .collect();
+    if refused.is_empty() { Ok(()) } else { Err(refused.join("; ")) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::refusals;
+
+    #[test]
+    fn every_acknowledgement_of_each_version_is_accepted_and_anything_else_refused() {
+        // HAProxy 2.6 (the tests' host), changed and unchanged.
+        assert_eq!(
+            refusals(
+                "IP changed from '127.0.0.1' to '10.0.0.2', port changed from '80' to '81' by 'stats socket command'\n"
+            ),
+            Ok(())
+        );
+        assert_eq!(refusals("IP changed from '127.0.0.1' to '10.0.0.2' by 'stats socket command'\n"), Ok(()));
+        assert_eq!(refusals("no need to change the addr, port\n"), Ok(()));
+        assert_eq!(refusals("no need to change the addr\n"), Ok(()));
+        // HAProxy 3.0 (the image), an address already in force.
+        assert_eq!(refusals("nothing changed\n"), Ok(()));
+        assert_eq!(refusals("Nothing changed\n\n"), Ok(()));
+        // state and weight answer nothing.
+        assert_eq!(refusals("\n\n"), Ok(()));
+        assert_eq!(refusals(""), Ok(()));
+        // Refusals, in any mix.
+        assert_eq!(refusals("No such server.\n"), Err("No such server.".into()));
+        assert_eq!(
+            refusals("nothing changed\nInvalid addr\nIP changed from 'a' to 'b' by 'x'\nRequire 'backend/server'.\n"),
+            Err("Invalid addr; Require 'backend/server'.".into())
+        );
+        assert_eq!(refusals("Permission denied\n"), Err("Permission denied".into()));
     }
 }

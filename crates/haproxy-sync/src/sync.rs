@@ -176,74 +176,111 @@ impl Applier {
         }
     }
 
-    /// Applies `plan`. When only instances changed and HAProxy runs, through
-    /// the runtime API, then the file is written for restarts; otherwise the
-    /// text is checked with HAProxy, written atomically (a text HAProxy
-    /// refuses is never written) and, when `running`, reloaded. A plan equal
-    /// to what is in force is not applied again; a failed reload is retried.
+    /// Applies `plan`, as [`first_step`], [`after_runtime`] and
+    /// [`file_step`] decide: when only instances changed and HAProxy runs,
+    /// through the runtime API, then the file is written for restarts;
+    /// otherwise the text is checked with HAProxy, written atomically (a text
+    /// HAProxy refuses is never written) and, when `running`, reloaded. A
+    /// plan equal to what is in force is not applied again; a failed reload
+    /// is retried.
     pub async fn apply(&mut self, plan: Plan, running: bool) -> Result<Applied, ApplyError> {
-        if self.in_force.as_ref() == Some(&plan.services) && !self.reload_pending {
-            return Ok(Applied::Unchanged);
-        }
-        if self.opts.runtime_api
-            && running
-            && !self.reload_pending
-            && self.skeleton_in_force.as_ref() == Some(&plan.skeleton)
-        {
-            if let Some(commands) = self.slots.commands_to(&plan.slots) {
-                match self.haproxy.runtime(&self.opts.runtime_socket, &commands).await {
-                    Ok(()) => {
+        let commands = self.slots.commands_to(&plan.slots);
+        let facts = Facts {
+            same_services: self.in_force.as_ref() == Some(&plan.services),
+            same_skeleton: self.skeleton_in_force.as_ref() == Some(&plan.skeleton),
+            has_commands: commands.is_some(),
+            runtime_api: self.opts.runtime_api,
+            running,
+            reload_pending: self.reload_pending,
+        };
+        match first_step(facts) {
+            First::Nothing => return Ok(Applied::Unchanged),
+            First::File => {}
+            First::Runtime => {
+                let commands = commands.unwrap_or_default();
+                let runtime = self.haproxy.runtime(&self.opts.runtime_socket, &commands).await;
+                // For restarts: the file says what the runtime now does.
+                let written = match &runtime {
+                    Ok(()) => Some(match self.text(&plan) {
+                        Ok(text) => self.write_checked(&text).await.map(|()| text),
+                        Err(e) => Err(e.into()),
+                    }),
+                    Err(_) => None,
+                };
+                let outcome = match (&runtime, &written) {
+                    (Err(_), _) => RuntimeOutcome::Refused,
+                    (Ok(()), Some(Ok(_))) => RuntimeOutcome::Applied,
+                    (Ok(()), _) => RuntimeOutcome::FileFailed,
+                };
+                match after_runtime(outcome) {
+                    Then::Done => {
                         self.effective_at = Some(Instant::now());
                         debug!(commands = commands.len(), "instances changed through the runtime API");
-                        // For restarts: the file says what the runtime now does.
-                        match self.text(&plan) {
-                            Ok(text) => match self.write_checked(&text).await {
-                                Ok(()) => self.file_text = Some(text),
-                                Err(e) => error!(error = %e, "runtime change applied; the file was not updated"),
-                            },
-                            Err(e) => error!(error = %e, "runtime change applied; the file was not rendered"),
+                        if let Some(Ok(text)) = written {
+                            self.file_text = Some(text);
                         }
                         self.slots = plan.slots;
                         self.in_force = Some(plan.services);
                         return Ok(Applied::Runtime);
                     }
-                    Err(e) => {
+                    Then::UseFile => {
                         self.metrics.runtime_failures.inc();
-                        warn!(error = %e, "runtime API change failed; reloading instead");
+                        if let Err(e) = runtime {
+                            warn!(error = %e, "runtime API change failed; reloading instead");
+                        }
                     }
+                    Then::Undo => {
+                        let Some(Err(e)) = written else { unreachable!("an undo follows a failed write") };
+                        // HAProxy runs the change, the file does not say it:
+                        // take the change back so that a restart of HAProxy
+                        // runs what runs now; Consul's next change retries.
+                        let back = plan.slots.commands_to(&self.slots).unwrap_or_default();
+                        let undone = self.haproxy.runtime(&self.opts.runtime_socket, &back).await;
+                        if after_undo(undone.is_ok()) == Then::ReloadFileInForce {
+                            error!("cannot take the runtime change back; reloading the file in force");
+                            self.reload_pending = true;
+                            if self.haproxy.reload().await.is_ok() {
+                                self.reload_pending = false;
+                            }
+                        }
+                        error!(error = %e, "the file could not be written after a runtime change, which was taken back");
+                        return Err(e);
+                    }
+                    Then::ReloadFileInForce => unreachable!("only after an undo"),
                 }
             }
         }
         let text = self.text(&plan)?;
-        if self.file_text.as_deref() != Some(text.as_str()) {
+        let step = file_step(self.file_text.as_deref() == Some(text.as_str()), self.reload_pending, running);
+        if let FileStep::Load { write: true } | FileStep::Leave { write: true } = step {
             self.write_checked(&text).await?;
             self.file_text = Some(text);
             self.reload_pending = true;
-        } else if !self.reload_pending {
-            // The file HAProxy serves already says this (a restarted
-            // haproxy-sync, or data the template does not show).
-            self.adopt(plan);
-            return Ok(Applied::Unchanged);
         }
         self.adopt(plan);
-        if !running {
-            // HAProxy is not running: it reads the file when it starts. One
-            // run by someone else may have read it before this write, and
-            // reloads once it answers.
-            self.reload_pending = self.opts.external;
-            return Ok(Applied::Written);
+        match step {
+            FileStep::Adopt => Ok(Applied::Unchanged),
+            FileStep::Leave { .. } => {
+                // HAProxy is not running: it reads the file when it starts. One
+                // run by someone else may have read it before this write, and
+                // reloads once it answers.
+                self.reload_pending = self.opts.external;
+                Ok(Applied::Written)
+            }
+            FileStep::Load { .. } => {
+                let reloaded = match &self.opts.reload_command {
+                    Some(command) => run_command(command).await,
+                    None => self.haproxy.reload().await,
+                };
+                if let Err(e) = reloaded {
+                    self.metrics.reload_failures.inc();
+                    return Err(e.into());
+                }
+                self.effective_at = Some(Instant::now());
+                self.reload_pending = false;
+                Ok(Applied::Reloaded)
+            }
         }
-        let reloaded = match &self.opts.reload_command {
-            Some(command) => run_command(command).await,
-            None => self.haproxy.reload().await,
-        };
-        if let Err(e) = reloaded {
-            self.metrics.reload_failures.inc();
-            return Err(e.into());
-        }
-        self.effective_at = Some(Instant::now());
-        self.reload_pending = false;
-        Ok(Applied::Reloaded)
     }
 
     /// Checks `text` with `haproxy -c` and renames it into place; a text
@@ -285,6 +322,108 @@ impl Applier {
             self.metrics.servers.get_or_create(&BackendLabel { backend: backend.to_owned() }).set(n as i64);
         }
         latency
+    }
+}
+
+/// What an apply is decided on: facts about what is in force and what is
+/// wanted, none of them I/O.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Facts {
+    /// The plan's services are those in force.
+    pub same_services: bool,
+    /// The plan's structure is the one in force (only slots differ).
+    pub same_skeleton: bool,
+    /// The runtime API can take the slots in force to the plan's.
+    pub has_commands: bool,
+    /// `--apply runtime`.
+    pub runtime_api: bool,
+    /// HAProxy runs.
+    pub running: bool,
+    /// The file holds a change HAProxy has not loaded.
+    pub reload_pending: bool,
+}
+
+/// The first step of an apply.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum First {
+    /// The plan is in force.
+    Nothing,
+    /// Change the instances through the runtime API, then write the file.
+    Runtime,
+    /// Through the file (render, check, write, load).
+    File,
+}
+
+/// Decides the first step: the runtime API only when HAProxy runs what the
+/// file says (nothing pending), the structure is the same and commands
+/// exist for the difference.
+pub fn first_step(f: Facts) -> First {
+    if f.same_services && !f.reload_pending {
+        First::Nothing
+    } else if f.runtime_api && f.running && !f.reload_pending && f.same_skeleton && f.has_commands {
+        First::Runtime
+    } else {
+        First::File
+    }
+}
+
+/// How a runtime API change went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RuntimeOutcome {
+    /// HAProxy took every command and the file now says the same.
+    Applied,
+    /// HAProxy refused a command (or did not answer).
+    Refused,
+    /// HAProxy took the change, but the file could not be rendered or
+    /// written (or `haproxy -c` refused it).
+    FileFailed,
+}
+
+/// What follows a runtime API change or its undoing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Then {
+    Done,
+    /// Apply through the file instead.
+    UseFile,
+    /// Take the runtime change back, so that HAProxy runs what the file says.
+    Undo,
+    /// The undo failed too: reload HAProxy on the file in force.
+    ReloadFileInForce,
+}
+
+/// Keeps the invariant that the file describes what HAProxy runs: a runtime
+/// change the file cannot follow is taken back.
+pub fn after_runtime(outcome: RuntimeOutcome) -> Then {
+    match outcome {
+        RuntimeOutcome::Applied => Then::Done,
+        RuntimeOutcome::Refused => Then::UseFile,
+        RuntimeOutcome::FileFailed => Then::Undo,
+    }
+}
+
+/// After taking a runtime change back: done, or a reload on the file.
+pub fn after_undo(undone: bool) -> Then {
+    if undone { Then::Done } else { Then::ReloadFileInForce }
+}
+
+/// What the file path does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FileStep {
+    /// The file already says this and HAProxy runs it: adopt the plan.
+    Adopt,
+    /// HAProxy does not run: write (if the text changed) for its start.
+    Leave { write: bool },
+    /// Write (if the text changed) and reload.
+    Load { write: bool },
+}
+
+/// Decides the file path from whether the text equals the file's, whether
+/// a reload is pending and whether HAProxy runs.
+pub fn file_step(same_text: bool, reload_pending: bool, running: bool) -> FileStep {
+    match (same_text && !reload_pending, running) {
+        (true, _) => FileStep::Adopt,
+        (false, false) => FileStep::Leave { write: !same_text },
+        (false, true) => FileStep::Load { write: !same_text },
     }
 }
 
@@ -401,5 +540,52 @@ pub async fn run(
                 retry = true;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: Facts = Facts {
+        same_services: false,
+        same_skeleton: true,
+        has_commands: true,
+        runtime_api: true,
+        running: true,
+        reload_pending: false,
+    };
+
+    #[test]
+    fn the_runtime_api_is_used_only_when_haproxy_runs_what_the_file_says_and_the_structure_stays() {
+        assert_eq!(first_step(BASE), First::Runtime);
+        assert_eq!(first_step(Facts { same_services: true, ..BASE }), First::Nothing);
+        // A pending reload: even the same services go through the file.
+        assert_eq!(first_step(Facts { same_services: true, reload_pending: true, ..BASE }), First::File);
+        assert_eq!(first_step(Facts { reload_pending: true, ..BASE }), First::File);
+        assert_eq!(first_step(Facts { same_skeleton: false, ..BASE }), First::File);
+        assert_eq!(first_step(Facts { has_commands: false, ..BASE }), First::File);
+        assert_eq!(first_step(Facts { runtime_api: false, ..BASE }), First::File);
+        assert_eq!(first_step(Facts { running: false, ..BASE }), First::File);
+    }
+
+    #[test]
+    fn a_runtime_change_the_file_cannot_follow_is_taken_back_else_the_file_is_reloaded() {
+        assert_eq!(after_runtime(RuntimeOutcome::Applied), Then::Done);
+        assert_eq!(after_runtime(RuntimeOutcome::Refused), Then::UseFile);
+        assert_eq!(after_runtime(RuntimeOutcome::FileFailed), Then::Undo);
+        assert_eq!(after_undo(true), Then::Done);
+        assert_eq!(after_undo(false), Then::ReloadFileInForce);
+    }
+
+    #[test]
+    fn the_file_path_writes_only_new_text_and_reloads_only_a_running_haproxy() {
+        assert_eq!(file_step(true, false, true), FileStep::Adopt);
+        assert_eq!(file_step(true, false, false), FileStep::Adopt);
+        assert_eq!(file_step(false, false, true), FileStep::Load { write: true });
+        assert_eq!(file_step(false, true, true), FileStep::Load { write: true });
+        assert_eq!(file_step(true, true, true), FileStep::Load { write: false });
+        assert_eq!(file_step(false, false, false), FileStep::Leave { write: true });
+        assert_eq!(file_step(true, true, false), FileStep::Leave { write: false });
     }
 }
