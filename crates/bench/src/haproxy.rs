@@ -28,21 +28,44 @@ pub struct Opts {
     /// Scale cycles 1 → 10 → 1 under load.
     #[arg(long, default_value_t = 10)]
     pub cycles: usize,
-    /// Sizes of the large catalogs, in services (comma-separated), rendered
-    /// without HAProxy's active checks (see `checked`).
-    #[arg(long, value_delimiter = ',', default_value = "100,1000,5000")]
-    pub sizes: Vec<usize>,
+    /// Sizes of the large catalogs (comma-separated): services, or
+    /// services`x`instances, rendered without HAProxy's active checks (see
+    /// `checked`).
+    #[arg(long, value_delimiter = ',', default_value = "100,1000,10000x3")]
+    pub sizes: Vec<Size>,
     /// Sizes rendered with the default template as shipped, active checks on
     /// every server (HAProxy reserves a descriptor per checked server, and
     /// checks every one each second).
     #[arg(long, value_delimiter = ',', default_value = "1000")]
     pub checked: Vec<usize>,
-    /// Instances per service in the large catalogs.
+    /// Instances per service in the large catalogs, unless a size says.
     #[arg(long, default_value_t = 10)]
     pub instances: usize,
+    /// Times a second Consul agent (another host) is killed, to measure its
+    /// node's instances leaving HAProxy.
+    #[arg(long, default_value_t = 5)]
+    pub node_losses: usize,
     /// Concurrent connections of the steady load.
     #[arg(long, default_value_t = 8)]
     pub connections: usize,
+}
+
+/// A catalog size: services, and instances of each when not the default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Size {
+    pub services: usize,
+    pub instances: Option<usize>,
+}
+
+impl std::str::FromStr for Size {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let num = |v: &str| v.trim().parse::<usize>().map_err(|e| format!("{s:?}: {e}"));
+        match s.split_once('x') {
+            Some((services, instances)) => Ok(Size { services: num(services)?, instances: Some(num(instances)?) }),
+            None => Ok(Size { services: num(s)?, instances: None }),
+        }
+    }
 }
 
 /// A large catalog: services × instances registered, then haproxy-sync started.
@@ -62,9 +85,22 @@ pub struct Large {
     /// The apply itself (quiescence over → HAProxy has it), median of the same changes.
     pub one_change_apply_ms: f64,
     pub one_change_apply_samples_ms: Vec<f64>,
+    /// The slowest of the samples (with so few, what stands for p99).
+    pub one_change_max_ms: f64,
     pub rss_mib: f64,
     /// CPU time haproxy-sync used from its start to the end of the measurements.
     pub cpu_seconds: f64,
+    /// The most connections haproxy-sync held to Consul at once, from start to end.
+    pub max_connections: usize,
+    /// Requests to Consul in 10 s of nothing changing (blocking queries
+    /// that return at their timeout included).
+    pub idle_requests: usize,
+    /// Requests to Consul per changed instance, each sample.
+    pub requests_per_change: Vec<usize>,
+    /// Consul queries that failed (a 429 from Consul's connection limit included).
+    pub consul_errors: f64,
+    /// Reloads from the first configuration to the end (a catalog known at start needs none).
+    pub reloads: f64,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -81,21 +117,96 @@ pub struct Results {
     pub scaling_seconds: f64,
     /// One entry per size of the large catalog.
     pub large: Vec<Large>,
+    /// Consul marks a lost node's `serfHealth` critical → its instances out of HAProxy.
+    pub node_loss_to_out: Summary,
     pub rss_idle_small_mib: f64,
 }
 
 const WAIT: &str = "25ms:250ms";
 /// Instance changes measured per large catalog.
-const SAMPLES: usize = 9;
-const CONSUL_LIMITS: &str = "limits { http_max_conns_per_client = 16384 }";
+const SAMPLES: usize = 15;
 
 pub async fn run(opts: &Opts, bin: &Path, out: &Path) -> anyhow::Result<Results> {
     let mut results = Results { quiescence: WAIT.into(), cycles: opts.cycles, ..Results::default() };
     latency_and_scaling(opts, bin, out, &mut results).await?;
-    for (&size, checks) in opts.checked.iter().map(|s| (s, true)).chain(opts.sizes.iter().map(|s| (s, false))) {
-        results.large.push(large_catalog(size, opts.instances, checks, bin, out).await?);
+    results.node_loss_to_out = node_loss(opts.node_losses, bin, out).await?;
+    let checked = opts.checked.iter().map(|&services| (Size { services, instances: None }, true));
+    for (size, checks) in checked.chain(opts.sizes.iter().map(|&s| (s, false))) {
+        let instances = size.instances.unwrap_or(opts.instances);
+        results.large.push(large_catalog(size.services, instances, checks, bin, out).await?);
     }
     Ok(results)
+}
+
+/// A second agent, another host as Consul sees it, holds instances of a
+/// service and is killed: from the moment Consul reports its node's
+/// `serfHealth` critical until none of its instances is routed.
+async fn node_loss(times: usize, bin: &Path, out: &Path) -> anyhow::Result<Summary> {
+    let consul = TestConsul::start().await;
+    let target = backend().await?;
+    register(&consul.client(), "here", "lost", target.port).await?;
+    let sync = Sync::start(bin, &consul.url(), out, "haproxy-sync-node-loss.log")?;
+    let http = reqwest::Client::new();
+    let mut samples = Vec::new();
+    for round in 0..times {
+        let mut other = consul.join_client().await;
+        for i in 0..3u8 {
+            let reg = Registration {
+                id: format!("there-{round}-{i}"),
+                name: "lost".into(),
+                tags: vec!["rest".into()],
+                address: format!("127.0.8.{}", i + 1),
+                port: target.port,
+                ..Registration::default()
+            };
+            other.client().register(&reg).await?;
+        }
+        let servers = || async {
+            let state = runtime(&sync.runtime, "show servers state be_lost").await.unwrap_or_default();
+            state.lines().filter(|l| l.contains("127.0.8.")).filter(|l| l.split(' ').nth(5) == Some("2")).count()
+        };
+        let t0 = Instant::now();
+        while servers().await < 3 {
+            if t0.elapsed() > Duration::from_secs(30) {
+                bail!("the other node's instances not routed within 30 s");
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        other.kill();
+        let url = format!("{}/v1/health/node/{}", consul.url(), other.node);
+        let t0 = Instant::now();
+        let critical = loop {
+            let checks: serde_json::Value = http.get(&url).send().await?.json().await?;
+            if checks
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| c["CheckID"] == "serfHealth" && c["Status"] == "critical")
+            {
+                break Instant::now();
+            }
+            if t0.elapsed() > Duration::from_secs(60) {
+                bail!("Consul did not mark the lost node critical within 60 s");
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        while servers().await > 0 {
+            if critical.elapsed() > Duration::from_secs(30) {
+                bail!("the lost node's instances still routed 30 s after Consul marked it critical");
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        samples.push(critical.elapsed());
+        // The dead node's registrations would stay until Consul reaps it.
+        let _ = http
+            .put(format!("{}/v1/catalog/deregister", consul.url()))
+            .json(&serde_json::json!({ "Node": other.node }))
+            .send()
+            .await;
+    }
+    let summary = Summary::of(&samples);
+    eprintln!("[haproxy-sync] lost node: serfHealth critical → out of HAProxy: {summary}");
+    Ok(summary)
 }
 
 async fn latency_and_scaling(opts: &Opts, bin: &Path, out: &Path, results: &mut Results) -> anyhow::Result<()> {
@@ -103,7 +214,7 @@ async fn latency_and_scaling(opts: &Opts, bin: &Path, out: &Path, results: &mut 
     let client = consul.client();
     let base = backend().await?;
     register(&client, "bench-0", "bench", base.port).await?;
-    let sync = Sync::start(bin, &consul, out, "haproxy-sync-small.log")?;
+    let sync = Sync::start(bin, &consul.url(), out, "haproxy-sync-small.log")?;
     sync.wait_routes("/bench", Duration::from_secs(30)).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     results.rss_idle_small_mib = rss_mib(sync.child.id()).unwrap_or_default();
@@ -202,9 +313,10 @@ async fn large_catalog(
     out: &Path,
 ) -> anyhow::Result<Large> {
     let mut results = Large { services, instances_per_service: instances, active_checks, ..Large::default() };
-    // One blocking query per routed service: above Consul's default of 200
-    // connections per client, as the README says.
-    let consul = TestConsul::start_with(&["-hcl", CONSUL_LIMITS]).await;
+    // Consul as it comes, at its default limits; haproxy-sync reaches it
+    // through a proxy that counts connections and requests.
+    let consul = TestConsul::start().await;
+    let proxy = testkit::CountingProxy::start(consul.http).await;
     let client = consul.client();
     // Instances point at one backend that answers: checks have a peer.
     let target = backend().await?;
@@ -246,7 +358,7 @@ async fn large_catalog(
     } else {
         vec!["--template".to_owned(), unchecked_template(out)?.display().to_string()]
     };
-    let sync = Sync::start_with(bin, &consul, out, &log, &extra)?;
+    let sync = Sync::start_with(bin, &format!("http://{}", proxy.addr), out, &log, &extra)?;
     let last = format!("be_s{}", services - 1);
     loop {
         if std::fs::read_to_string(&sync.config).is_ok_and(|c| c.contains(&last)) {
@@ -265,6 +377,9 @@ async fn large_catalog(
         results.first_apply_ms, results.first_serving_ms
     );
     tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = proxy.requests();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    results.idle_requests = proxy.requests() - before;
 
     // One instance change: an 11th instance of one service, seen in HAProxy's runtime state.
     // After each change the file is rewritten and checked (`haproxy -c`,
@@ -273,6 +388,7 @@ async fn large_catalog(
     for k in 0..SAMPLES as u16 {
         let svc = format!("s{}", (services / 2 + k as usize) % services);
         let addr = format!("127.0.9.{}", k + 1);
+        let before = proxy.requests();
         let t0 = Instant::now();
         let reg = Registration {
             id: format!("{svc}-extra"),
@@ -295,10 +411,15 @@ async fn large_catalog(
         }
         results.one_change_samples_ms.push(t0.elapsed().as_secs_f64() * 1e3);
         tokio::time::sleep(spacing).await;
+        results.requests_per_change.push(proxy.requests() - before);
     }
     let mut samples = results.one_change_samples_ms.clone();
     samples.sort_by(f64::total_cmp);
     results.one_change_ms = samples[samples.len() / 2];
+    results.one_change_max_ms = samples.last().copied().unwrap_or(f64::NAN);
+    results.max_connections = proxy.max_open();
+    results.consul_errors = sync.metric("haproxy_sync_consul_errors_total").await;
+    results.reloads = sync.metric("haproxy_sync_applies_total{kind=\"reload\"}").await;
     // haproxy-sync's own measure of those applies: quiescence over → HAProxy has it.
     let log = std::fs::read_to_string(out.join(&log)).unwrap_or_default();
     let mut applies: Vec<f64> = log
@@ -321,6 +442,14 @@ async fn large_catalog(
         results.one_change_apply_samples_ms,
         results.rss_mib
     );
+    eprintln!(
+        "[haproxy-sync] Consul: at most {} connections; {} requests in 10 s idle; requests per change {:?}; {} errors; {} reloads",
+        results.max_connections,
+        results.idle_requests,
+        results.requests_per_change,
+        results.consul_errors,
+        results.reloads
+    );
     Ok(results)
 }
 
@@ -335,18 +464,18 @@ struct Sync {
 }
 
 impl Sync {
-    fn start(bin: &Path, consul: &TestConsul, out: &Path, log: &str) -> anyhow::Result<Sync> {
+    fn start(bin: &Path, consul: &str, out: &Path, log: &str) -> anyhow::Result<Sync> {
         Self::start_with(bin, consul, out, log, &[])
     }
 
-    fn start_with(bin: &Path, consul: &TestConsul, out: &Path, log: &str, extra: &[String]) -> anyhow::Result<Sync> {
+    fn start_with(bin: &Path, consul: &str, out: &Path, log: &str, extra: &[String]) -> anyhow::Result<Sync> {
         let (http, admin) = (free_port(), free_port());
         let dir = std::env::temp_dir().join(format!("portolan-bench-{http}"));
         std::fs::create_dir_all(&dir)?;
         let (config, runtime) = (dir.join("haproxy.cfg"), dir.join("admin.sock"));
         let log = std::fs::File::create(out.join(log))?;
         let child = Command::new(bin)
-            .arg(consul.url())
+            .arg(consul)
             .args(["--config", &config.display().to_string()])
             .args(["--master-socket", &dir.join("master.sock").display().to_string()])
             .args(["--runtime-socket", &runtime.display().to_string()])

@@ -87,9 +87,14 @@ async fn main() -> anyhow::Result<()> {
             let hs = haproxy::Opts {
                 changes: 50,
                 cycles: 10,
-                sizes: vec![100, 1000, 5000],
+                sizes: ["100", "1000", "10000x3"]
+                    .iter()
+                    .map(|s| s.parse())
+                    .collect::<Result<_, _>>()
+                    .map_err(anyhow::Error::msg)?,
                 checked: vec![1000],
                 instances: 10,
+                node_losses: 5,
                 connections: 8,
             };
             write(&cli.out, "haproxy-sync", &haproxy::run(&hs, &cli.bin_dir.join("haproxy-sync"), &cli.out).await?)?;

@@ -223,6 +223,144 @@ pub fn write(out: &Path, dir: &Path, command: &str) -> anyhow::Result<()> {
         )?;
         writeln!(
             md,
+            "| a lost host: Consul marks its node's `serfHealth` critical → its instances out of HAProxy | {} | ≤ 1 s |",
+            pcts(&hs["node_loss_to_out"])
+        )?;
+        writeln!(
+            md,
+            "| idle RSS, one service | {:.1} MiB | |\n",
+            hs["rss_idle_small_mib"].as_f64().unwrap_or_default()
+        )?;
+        writeln!(
+            md,
+            "Large catalogs, against a Consul agent at its default limits (200 connections per client), through a \
+             proxy that counts haproxy-sync's connections and requests. \"One change\" is one more instance registered in one \
+             service (a change the service list does not locate, so found by a sweep of the nodes), {} samples: the median, \
+             and the slowest.\n",
+            hs["large"].get(0).and_then(|l| l["one_change_samples_ms"].as_array()).map_or(0, Vec::len)
+        )?;
+        writeln!(
+            md,
+            "| Services × instances | HAProxy checks | First apply (file) | Serving | One change (apply) | One change (from registration), median / slowest | RSS | CPU | Connections to Consul, most at once | Requests in 10 s idle | Requests per change | Consul errors | Reloads |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+        )?;
+        for l in hs["large"].as_array().into_iter().flatten() {
+            let per_change: Vec<f64> =
+                l["requests_per_change"].as_array().into_iter().flatten().filter_map(Value::as_f64).collect();
+            let (lo, hi) = per_change.iter().fold((f64::INFINITY, 0.0f64), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+            writeln!(
+                md,
+                "| {} × {} | {} | {} | {} | {} | {} / {} | {:.1} MiB | {:.2} s | {} | {} | {} | {} | {} |",
+                l["services"],
+                l["instances_per_service"],
+                if l["active_checks"].as_bool().unwrap_or(true) { "every server, 1 s" } else { "none" },
+                ms(&l["first_apply_ms"]),
+                ms(&l["first_serving_ms"]),
+                ms(&l["one_change_apply_ms"]),
+                ms(&l["one_change_ms"]),
+                ms(&l["one_change_max_ms"]),
+                l["rss_mib"].as_f64().unwrap_or_default(),
+                l["cpu_seconds"].as_f64().unwrap_or_default(),
+                l["max_connections"],
+                l["idle_requests"],
+                if lo == hi { format!("{hi}") } else { format!("{lo}–{hi}") },
+                l["consul_errors"],
+                l["reloads"]
+            )?;
+        }
+        writeln!(
+            md,
+            "\nTargets: connections to Consul ≤ 8 at any size; no request while nothing changes (besides the two blocking \
+             queries, which return only on a change or at their 60 s timeout); requests per change independent of the \
+             catalog's size; at 1,000 × 10 first apply serving ≤ 1.5 s, one change applied ≤ 10 ms, RSS ≤ 40 MiB; at \
+             10,000 × 3 ≤ 15 s, ≤ 50 ms, ≤ 150 MiB. CPU is haproxy-sync's own, from its start to the end of the measurements. \
+             Every server of these catalogs points at one backend on this machine: with the default template, HAProxy checks each of them every second \
+             (10,000 checks/s at 1,000 × 10, all on these 2 cores) and reserves a file descriptor for each, more than this machine's hard limit of \
+             20,000 allows at 10,000 × 3. The growth series is therefore rendered with the default template minus its active checks \
+             (`check`, `option httpchk`); everything else, the runtime API included, is the same.\n"
+        )?;
+        crate::plot::latency_histogram(
+            &[
+                ("start → through HAProxy", &stack["start_to_haproxy"]),
+                ("kill → last routed", &stack["kill_to_last_routed"]),
+            ],
+            &dir.join("stack-latency.png"),
+        )?;
+        writeln!(md, "![whole-stack latency histograms](stack-latency.png)\n")?;
+    }
+    if !reg.is_null() {
+        writeln!(md, "## registrator (`portolan-bench registrator`)\n")?;
+        writeln!(md, "| Figure | Measured | Target |\n|---|---|---|")?;
+        writeln!(
+            md,
+            "| Docker `start` event → in Consul's health API | {} | p50 ≤ 10 ms, p99 ≤ 50 ms |",
+            pcts(&reg["start_to_consul"])
+        )?;
+        for r in reg["resyncs"].as_array().into_iter().flatten() {
+            writeln!(
+                md,
+                "| {} running containers: registrator started against an empty Consul → all in Consul | {} (resync itself {}), RSS {:.1} MiB | ≤ 2 s at 200 |",
+                r["running"],
+                ms(&r["cold_resync_ms"]),
+                ms(&r["resync_internal_ms"]),
+                r["rss_mib"].as_f64().unwrap_or_default()
+            )?;
+        }
+        writeln!(
+            md,
+            "| {} killed at once → Consul matches | {} (Docker took {} to carry out the kills) | ≤ 1 s |",
+            reg["killed"],
+            ms(&reg["kill_converge_ms"]),
+            ms(&reg["kill_requests_ms"])
+        )?;
+        writeln!(md, "| each `kill` event → service gone from Consul | {} | |", pcts(&reg["kill_to_gone"]))?;
+        let refused = &reg["refused"];
+        writeln!(
+            md,
+            "| a container Consul refuses (script check, watched {:.0} s): registration requests for it | {} in its first minute, {} a minute after; {} log line(s) | ≤ 2 a minute after the first |",
+            refused["watched_s"].as_f64().unwrap_or_default(),
+            refused["attempts_first_minute"],
+            refused["attempts_per_minute_after"].as_f64().map_or("–".to_owned(), |v| format!("{v:.1}")),
+            refused["log_lines"]
+        )?;
+        writeln!(
+            md,
+            "| Docker `start` → in Consul for other containers meanwhile | {} | no effect (compare the first row) |",
+            pcts(&refused["start_to_consul_beside"])
+        )?;
+        writeln!(
+            md,
+            "| idle RSS | {:.1} MiB empty, {:.1} MiB loaded | ≤ 15 MB |\n",
+            reg["rss_idle_empty_mib"].as_f64().unwrap_or_default(),
+            reg["rss_idle_loaded_mib"].as_f64().unwrap_or_default()
+        )?;
+        let rows = growth_rows(&reg["resyncs"], |r| num(r, "running"), &["cold_resync_ms", "rss_mib"]);
+        let panels = [("registrator start → all in Consul", "ms"), ("registrator RSS", "MiB")];
+        crate::plot::growth(&rows, &panels, "running containers", &dir.join("registrator-growth.png"))?;
+        writeln!(
+            md,
+            "Growth with running containers (grey: linear growth from the smallest size):\n\n![registrator growth](registrator-growth.png)\n"
+        )?;
+    }
+    if !hs.is_null() {
+        writeln!(md, "## haproxy-sync (`portolan-bench haproxy-sync`)\n")?;
+        writeln!(md, "Quiescence: `{}`.\n", hs["quiescence"].as_str().unwrap_or_default())?;
+        writeln!(md, "| Figure | Measured | Target |\n|---|---|---|")?;
+        writeln!(
+            md,
+            "| Consul registration → new instance answering through HAProxy | {} | p50 ≤ 50 ms, p99 ≤ 200 ms |",
+            pcts(&hs["change_to_serving"])
+        )?;
+        writeln!(
+            md,
+            "| scale 1→10→1 ×{} under steady load | {} requests, {} failed, {} reloads, {} runtime applies | 0 failed, no reload |",
+            hs["cycles"],
+            hs["requests"],
+            hs["failed_requests"],
+            hs["reloads_during_scaling"],
+            hs["runtime_applies_during_scaling"]
+        )?;
+        writeln!(
+            md,
             "| idle RSS, one service | {:.1} MiB | |\n",
             hs["rss_idle_small_mib"].as_f64().unwrap_or_default()
         )?;

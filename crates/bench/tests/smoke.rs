@@ -38,7 +38,21 @@ fn every_scenario_runs_small_and_the_report_is_written() {
 
     bench(
         &out,
-        &["haproxy-sync", "--changes", "2", "--cycles", "1", "--sizes", "5", "--checked", "3", "--instances", "2"],
+        &[
+            "haproxy-sync",
+            "--changes",
+            "2",
+            "--cycles",
+            "1",
+            "--sizes",
+            "5",
+            "--checked",
+            "3",
+            "--instances",
+            "2",
+            "--node-losses",
+            "1",
+        ],
     );
     let hs = json(&out, "haproxy-sync");
     assert_eq!(hs["change_to_serving"]["n"], 2);
