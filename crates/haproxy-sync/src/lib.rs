@@ -3,11 +3,14 @@
 //!
 //! # Layout
 //!
-//! - [`watch`]: Consul blocking queries → complete [`model::Catalog`] snapshots.
+//! - [`known`]: what is known of Consul, each answer a pure transition.
+//! - [`watch`]: two blocking queries and a few reads → [`model::Catalog`] snapshots.
 //! - [`model`]: pure routing rules: catalog → sanitised template data.
 //! - [`render`]: the handlebars template → configuration text.
 //! - [`haproxy`]: `haproxy -c`, the master process and its master CLI.
-//! - [`sync`]: quiescence, check, atomic write and reload, only on change.
+//! - [`slots`]: instances laid out on server slots; runtime API commands.
+//! - [`sync`]: quiescence, and the apply: runtime API or check, atomic write
+//!   and reload, as pure functions decide.
 //! - [`config`]: command line and environment.
 #![forbid(unsafe_code)]
 

@@ -611,3 +611,65 @@ async fn a_thousand_services_route_through_a_consul_with_default_limits_on_few_c
     lb.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn consul_away_costs_a_few_requests_and_one_log_line_per_query_then_it_follows_again() {
+    let mut consul = TestConsul::start().await;
+    let (a, b) = (backend().await, backend().await);
+    register(&consul, "h-a", "hello", a, &[]).await;
+    let proxy = testkit::CountingProxy::start(consul.http).await;
+    let http = free_port();
+    let dir = std::env::temp_dir().join(format!("haproxy-sync-outage-{http}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = dir.join("haproxy-sync.log");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_haproxy-sync"))
+        .arg(format!("http://{}", proxy.addr))
+        .args(["--config", &dir.join("haproxy.cfg").display().to_string()])
+        .args(["--master-socket", &dir.join("master.sock").display().to_string()])
+        .args(["--runtime-socket", &dir.join("admin.sock").display().to_string()])
+        .args(["--bind", "127.0.0.1", "--http-port", &http.to_string(), "--stats-port", &free_port().to_string()])
+        .args(["--wait", "10ms:100ms", "--grace", "1", "--metrics-addr", "", "--log-format", "json"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{http}/hello");
+    let answers = |port: u16| {
+        let url = url.clone();
+        async move {
+            let body = reqwest::get(&url).await.map_err(|e| e.to_string())?.text().await.map_err(|e| e.to_string())?;
+            if body.starts_with(&port.to_string()) { Ok(()) } else { Err(body) }
+        }
+    };
+    eventually("routed", LIMIT, || answers(a)).await;
+
+    // Consul away for 20 s: the queries back off (100 ms doubling to 10 s),
+    // the routes stay, and each query says so once.
+    consul.stop();
+    let before = proxy.connections();
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let attempts = proxy.connections() - before;
+    assert!(attempts <= 24, "{attempts} connection attempts to an absent Consul in 20 s");
+    answers(a).await.unwrap();
+
+    // Back (empty, as a restarted dev agent), then filled again: followed.
+    consul.restart().await;
+    register(&consul, "h-b", "hello", b, &[]).await;
+    eventually("the new instance routed after Consul's return", Duration::from_secs(30), || answers(b)).await;
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM);
+    let _ = child.wait();
+    let _ = std::process::Command::new("pkill").arg("-f").arg(dir.display().to_string()).status();
+    let lines: Vec<serde_json::Value> =
+        std::fs::read_to_string(&log).unwrap().lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    let warnings: Vec<String> = lines
+        .iter()
+        .filter(|l| l["level"] == "WARN" || l["level"] == "ERROR")
+        .filter_map(|l| l["message"].as_str().filter(|m| m.contains("Consul")).map(str::to_owned))
+        .collect();
+    assert!(
+        (2..=4).contains(&warnings.len()),
+        "one warning per failing query (service list, checks, maybe a read), not one per attempt: {warnings:#?}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    eprintln!("Consul away 20 s: {attempts} connection attempts, warnings: {warnings:?}");
+}
