@@ -199,6 +199,10 @@ impl Applier {
             First::Runtime => {
                 let commands = commands.unwrap_or_default();
                 let runtime = self.haproxy.runtime(&self.opts.runtime_socket, &commands).await;
+                if runtime.is_ok() {
+                    // HAProxy has the change now; the file follows.
+                    self.effective_at = Some(Instant::now());
+                }
                 // For restarts: the file says what the runtime now does.
                 let written = match &runtime {
                     Ok(()) => Some(match self.text(&plan) {
@@ -214,7 +218,6 @@ impl Applier {
                 };
                 match after_runtime(outcome) {
                     Then::Done => {
-                        self.effective_at = Some(Instant::now());
                         debug!(commands = commands.len(), "instances changed through the runtime API");
                         if let Some(Ok(text)) = written {
                             self.file_text = Some(text);

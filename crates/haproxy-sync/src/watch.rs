@@ -28,6 +28,13 @@ use crate::model::Catalog;
 /// Reads in flight at most, besides the two blocking queries.
 pub const READERS: usize = 4;
 
+/// How a failing query or read is retried: from 100 ms, doubling, to at
+/// most 5 s, so a Consul that comes back is followed within 5 s and one that
+/// stays away is asked about once every few seconds per query.
+fn backoff() -> Backoff {
+    Backoff::new(Duration::from_millis(100), Duration::from_secs(5))
+}
+
 /// What to watch.
 #[derive(Clone, Debug)]
 pub struct WatchOptions {
@@ -238,7 +245,7 @@ struct Retry {
 
 impl Retry {
     fn new(what: &'static str) -> Self {
-        Retry { what, backoff: Backoff::default(), hold_until: None, failing: false }
+        Retry { what, backoff: backoff(), hold_until: None, failing: false }
     }
 
     fn ready(&self, now: Instant) -> bool {
@@ -271,7 +278,7 @@ impl Retry {
 /// Follows the catalog's service list with a blocking query.
 async fn follow_names(client: Client, opts: WatchOptions, tx: mpsc::UnboundedSender<Update>, stats: Arc<WatchStats>) {
     let mut index = 0;
-    let mut backoff = Backoff::default();
+    let mut backoff = backoff();
     let mut failing = false;
     loop {
         let started = Instant::now();
@@ -321,7 +328,7 @@ async fn follow_names(client: Client, opts: WatchOptions, tx: mpsc::UnboundedSen
 /// Follows every check that is not passing with a blocking query.
 async fn follow_health(client: Client, opts: WatchOptions, tx: mpsc::UnboundedSender<Update>, stats: Arc<WatchStats>) {
     let mut index = 0;
-    let mut backoff = Backoff::default();
+    let mut backoff = backoff();
     let mut failing = false;
     loop {
         let started = Instant::now();
