@@ -90,13 +90,19 @@ pub struct Large {
     pub rss_mib: f64,
     /// CPU time haproxy-sync used from its start to the end of the measurements.
     pub cpu_seconds: f64,
-    /// The most connections haproxy-sync held to Consul at once, from start to end.
+    /// The most connections haproxy-sync held to Consul at once, from start
+    /// to the end of the churn.
     pub max_connections: usize,
     /// Requests to Consul in 10 s of nothing changing (blocking queries
     /// that return at their timeout included).
     pub idle_requests: usize,
     /// Requests to Consul per changed instance, each sample.
     pub requests_per_change: Vec<usize>,
+    /// Churn: instances registered and deregistered, 16 at a time, the time
+    /// it took, and the requests haproxy-sync made to Consul meanwhile (and 3 s after).
+    pub churn_changes: usize,
+    pub churn_seconds: f64,
+    pub churn_requests: usize,
     /// Consul queries that failed (a 429 from Consul's connection limit included).
     pub consul_errors: f64,
     /// Reloads from the first configuration to the end (a catalog known at start needs none).
@@ -123,6 +129,8 @@ pub struct Results {
 }
 
 const WAIT: &str = "25ms:250ms";
+/// Instances registered and deregistered in the churn of a large catalog.
+const CHURN: usize = 100;
 /// Instance changes measured per large catalog.
 const SAMPLES: usize = 15;
 
@@ -417,6 +425,25 @@ async fn large_catalog(
     samples.sort_by(f64::total_cmp);
     results.one_change_ms = samples[samples.len() / 2];
     results.one_change_max_ms = samples.last().copied().unwrap_or(f64::NAN);
+    // Churn: instances of many services registered, then deregistered, 16
+    // at a time: what it costs Consul, and the connections held meanwhile.
+    let churn: Vec<(String, String)> =
+        (0..CHURN).map(|k| (format!("churn-{k}"), format!("s{}", (k * 7919) % services))).collect();
+    let before = proxy.requests();
+    let t0 = Instant::now();
+    let registered: Vec<anyhow::Result<()>> = stream::iter(churn.iter())
+        .map(|(id, name)| register(&client, id, name, target.port))
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    registered.into_iter().collect::<anyhow::Result<Vec<()>>>()?;
+    let deregistered: Vec<Result<(), consul::Error>> =
+        stream::iter(churn.iter()).map(|(id, _)| client.deregister(id)).buffer_unordered(16).collect().await;
+    deregistered.into_iter().collect::<Result<Vec<()>, _>>()?;
+    results.churn_seconds = t0.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    results.churn_changes = 2 * CHURN;
+    results.churn_requests = proxy.requests() - before;
     results.max_connections = proxy.max_open();
     results.consul_errors = sync.metric("haproxy_sync_consul_errors_total").await;
     results.reloads = sync.metric("haproxy_sync_applies_total{kind=\"reload\"}").await;

@@ -241,7 +241,7 @@ pub fn write(out: &Path, dir: &Path, command: &str) -> anyhow::Result<()> {
         )?;
         writeln!(
             md,
-            "| Services × instances | HAProxy checks | First apply (file) | Serving | One change (apply) | One change (from registration), median / slowest | RSS | CPU | Connections to Consul, most at once | Requests in 10 s idle | Requests per change | Consul errors | Reloads |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+            "| Services × instances | HAProxy checks | First apply (file) | Serving | One change (apply) | One change (from registration), median / slowest | RSS | CPU | Connections to Consul, most at once | Requests in 10 s idle | Requests per change | Churn: changes / requests | Consul errors | Reloads |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
         )?;
         for l in hs["large"].as_array().into_iter().flatten() {
             let per_change: Vec<f64> =
@@ -249,7 +249,7 @@ pub fn write(out: &Path, dir: &Path, command: &str) -> anyhow::Result<()> {
             let (lo, hi) = per_change.iter().fold((f64::INFINITY, 0.0f64), |(lo, hi), &v| (lo.min(v), hi.max(v)));
             writeln!(
                 md,
-                "| {} × {} | {} | {} | {} | {} | {} / {} | {:.1} MiB | {:.2} s | {} | {} | {} | {} | {} |",
+                "| {} × {} | {} | {} | {} | {} | {} / {} | {:.1} MiB | {:.2} s | {} | {} | {} | {} / {} | {} | {} |",
                 l["services"],
                 l["instances_per_service"],
                 if l["active_checks"].as_bool().unwrap_or(true) { "every server, 1 s" } else { "none" },
@@ -263,6 +263,8 @@ pub fn write(out: &Path, dir: &Path, command: &str) -> anyhow::Result<()> {
                 l["max_connections"],
                 l["idle_requests"],
                 if lo == hi { format!("{hi}") } else { format!("{lo}–{hi}") },
+                l["churn_changes"],
+                l["churn_requests"],
                 l["consul_errors"],
                 l["reloads"]
             )?;
