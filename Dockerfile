@@ -9,7 +9,7 @@
 
 FROM debian:trixie-slim AS builder
 RUN apt-get update \
- && apt-get install -y --no-install-recommends cargo rustc gcc libc6-dev ca-certificates \
+ && apt-get install -y --no-install-recommends cargo rustc gcc libc6-dev make ca-certificates \
  && rm -rf /var/lib/apt/lists/*
 # Extra CAs for networks behind an intercepting proxy (usually none).
 COPY compose/ca-certificates/ /usr/local/share/ca-certificates/

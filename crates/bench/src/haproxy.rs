@@ -87,6 +87,7 @@ pub struct Large {
     pub one_change_apply_samples_ms: Vec<f64>,
     /// The slowest of the samples (with so few, what stands for p99).
     pub one_change_max_ms: f64,
+    /// Resident memory once nothing has changed for 15 s.
     pub rss_mib: f64,
     /// CPU time haproxy-sync used from its start to the end of the measurements.
     pub cpu_seconds: f64,
@@ -425,6 +426,18 @@ async fn large_catalog(
     samples.sort_by(f64::total_cmp);
     results.one_change_ms = samples[samples.len() / 2];
     results.one_change_max_ms = samples.last().copied().unwrap_or(f64::NAN);
+    // haproxy-sync's own measure of those applies: quiescence over → HAProxy has it.
+    let log = std::fs::read_to_string(out.join(&log)).unwrap_or_default();
+    let mut applies: Vec<f64> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["message"] == "configuration applied" && v["applied"] == "Runtime")
+        .filter_map(|v| v["effective_ms"].as_f64())
+        .collect();
+    applies = applies.split_off(applies.len().saturating_sub(SAMPLES));
+    results.one_change_apply_samples_ms = applies.clone();
+    applies.sort_by(f64::total_cmp);
+    results.one_change_apply_ms = applies.get(applies.len() / 2).copied().unwrap_or(f64::NAN);
     // Churn: instances of many services registered, then deregistered, 16
     // at a time: what it costs Consul, and the connections held meanwhile.
     let churn: Vec<(String, String)> =
@@ -447,18 +460,9 @@ async fn large_catalog(
     results.max_connections = proxy.max_open();
     results.consul_errors = sync.metric("haproxy_sync_consul_errors_total").await;
     results.reloads = sync.metric("haproxy_sync_applies_total{kind=\"reload\"}").await;
-    // haproxy-sync's own measure of those applies: quiescence over → HAProxy has it.
-    let log = std::fs::read_to_string(out.join(&log)).unwrap_or_default();
-    let mut applies: Vec<f64> = log
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["message"] == "configuration applied" && v["applied"] == "Runtime")
-        .filter_map(|v| v["effective_ms"].as_f64())
-        .collect();
-    applies = applies.split_off(applies.len().saturating_sub(SAMPLES));
-    results.one_change_apply_samples_ms = applies.clone();
-    applies.sort_by(f64::total_cmp);
-    results.one_change_apply_ms = applies.get(applies.len() / 2).copied().unwrap_or(f64::NAN);
+    // Memory at rest: once nothing has changed for 15 s (an allocator
+    // hands freed memory back over seconds, not at once).
+    tokio::time::sleep(Duration::from_secs(15)).await;
     results.rss_mib = rss_mib(sync.child.id()).unwrap_or_default();
     results.cpu_seconds = crate::stats::cpu_seconds(sync.child.id()).unwrap_or_default();
     eprintln!(
@@ -470,10 +474,13 @@ async fn large_catalog(
         results.rss_mib
     );
     eprintln!(
-        "[haproxy-sync] Consul: at most {} connections; {} requests in 10 s idle; requests per change {:?}; {} errors; {} reloads",
+        "[haproxy-sync] Consul: at most {} connections; {} requests in 10 s idle; requests per change {:?}; churn of {} changes in {:.1} s: {} requests; {} errors; {} reloads",
         results.max_connections,
         results.idle_requests,
         results.requests_per_change,
+        results.churn_changes,
+        results.churn_seconds,
+        results.churn_requests,
         results.consul_errors,
         results.reloads
     );

@@ -69,6 +69,11 @@ fn sh(cmd: &str) -> String {
         .unwrap_or_default()
 }
 
+/// The largest of a list of numbers.
+fn slowest(v: &Value) -> Value {
+    v.as_array().into_iter().flatten().filter_map(Value::as_f64).fold(f64::NAN, f64::max).into()
+}
+
 fn ms(v: &Value) -> String {
     v.as_f64().map_or_else(|| "–".to_owned(), |x| if x >= 100.0 { format!("{x:.0} ms") } else { format!("{x:.1} ms") })
 }
@@ -241,7 +246,7 @@ pub fn write(out: &Path, dir: &Path, command: &str) -> anyhow::Result<()> {
         )?;
         writeln!(
             md,
-            "| Services × instances | HAProxy checks | First apply (file) | Serving | One change (apply) | One change (from registration), median / slowest | RSS | CPU | Connections to Consul, most at once | Requests in 10 s idle | Requests per change | Churn: changes / requests | Consul errors | Reloads |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+            "| Services × instances | HAProxy checks | First apply (file) | Serving | One change applied, median / slowest | One change from registration, median / slowest | RSS | CPU | Connections to Consul, most at once | Requests in 10 s idle | Requests per change | Churn: changes / requests | Consul errors | Reloads |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
         )?;
         for l in hs["large"].as_array().into_iter().flatten() {
             let per_change: Vec<f64> =
@@ -249,13 +254,14 @@ pub fn write(out: &Path, dir: &Path, command: &str) -> anyhow::Result<()> {
             let (lo, hi) = per_change.iter().fold((f64::INFINITY, 0.0f64), |(lo, hi), &v| (lo.min(v), hi.max(v)));
             writeln!(
                 md,
-                "| {} × {} | {} | {} | {} | {} | {} / {} | {:.1} MiB | {:.2} s | {} | {} | {} | {} / {} | {} | {} |",
+                "| {} × {} | {} | {} | {} | {} / {} | {} / {} | {:.1} MiB | {:.2} s | {} | {} | {} | {} / {} | {} | {} |",
                 l["services"],
                 l["instances_per_service"],
                 if l["active_checks"].as_bool().unwrap_or(true) { "every server, 1 s" } else { "none" },
                 ms(&l["first_apply_ms"]),
                 ms(&l["first_serving_ms"]),
                 ms(&l["one_change_apply_ms"]),
+                ms(&slowest(&l["one_change_apply_samples_ms"])),
                 ms(&l["one_change_ms"]),
                 ms(&l["one_change_max_ms"]),
                 l["rss_mib"].as_f64().unwrap_or_default(),
@@ -401,14 +407,30 @@ pub fn write(out: &Path, dir: &Path, command: &str) -> anyhow::Result<()> {
             &dir.join("latency.png"),
         )?;
         writeln!(md, "![latency histograms](latency.png)\n")?;
-        let unchecked: Value =
-            hs["large"].as_array().into_iter().flatten().filter(|l| l["active_checks"] == false).cloned().collect();
+        let unchecked: Value = hs["large"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|l| l["active_checks"] == false)
+            .map(|l| {
+                let mut l = l.clone();
+                let most = l["requests_per_change"].as_array().into_iter().flatten().filter_map(Value::as_f64);
+                l["most_requests_per_change"] = most.fold(0.0, f64::max).into();
+                l
+            })
+            .collect();
         let rows = growth_rows(
             &unchecked,
             |l| num(l, "services") * num(l, "instances_per_service"),
-            &["first_apply_ms", "one_change_apply_ms", "rss_mib"],
+            &["first_apply_ms", "one_change_apply_ms", "rss_mib", "max_connections", "most_requests_per_change"],
         );
-        let panels = [("first full apply", "ms"), ("one instance change applied", "ms"), ("haproxy-sync RSS", "MiB")];
+        let panels = [
+            ("first full apply", "ms"),
+            ("one instance change applied", "ms"),
+            ("haproxy-sync RSS", "MiB"),
+            ("connections to Consul, most", "connections"),
+            ("requests to Consul per change, most", "requests"),
+        ];
         crate::plot::growth(&rows, &panels, "instances in Consul", &dir.join("growth.png"))?;
         writeln!(
             md,

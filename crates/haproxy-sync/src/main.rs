@@ -1,7 +1,17 @@
 use haproxy_sync::config::Args;
 
+/// An allocator that hands freed memory back to the system (from a
+/// background thread, within seconds): rendering a large catalog needs
+/// several times the memory that holding it does, and glibc's allocator
+/// keeps the peak, in one arena per thread.
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[tokio::main]
 async fn main() {
+    if let Err(e) = tikv_jemalloc_ctl::background_thread::write(true) {
+        eprintln!("memory is returned to the system only as haproxy-sync allocates: {e}");
+    }
     let args = <Args as clap::Parser>::parse();
     if args.probe {
         ops::admin::probe_and_exit(args.metrics_addr).await;
