@@ -674,3 +674,39 @@ async fn consul_away_costs_a_few_requests_and_one_log_line_per_query_then_it_fol
     let _ = std::fs::remove_dir_all(&dir);
     eprintln!("Consul away 20 s: {attempts} connection attempts, warnings: {warnings:?}");
 }
+
+#[tokio::test]
+async fn a_runtime_change_the_file_cannot_follow_is_taken_back() {
+    let consul = TestConsul::start().await;
+    let (a, b) = (backend().await, backend().await);
+    register(&consul, "h-a", "hello", a, &[]).await;
+    // A template whose file HAProxy refuses once b's instance is in it: the
+    // runtime API takes b, `haproxy -c` refuses the file that says so.
+    let dir = std::env::temp_dir().join(format!("haproxy-sync-undo-{}", free_port()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let template =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../haproxy/haproxy.cfg.hbs")).unwrap();
+    let line = "    server {{name}} {{address}} check weight {{weight}}{{#unless enabled}} disabled{{/unless}}\n";
+    assert!(template.contains(line), "the default template's server line moved");
+    let poisoned = template
+        .replace(line, &format!("{line}{{{{#if (eq address \"127.0.0.1:{b}\")}}}}    not-a-directive\n{{{{/if}}}}\n"));
+    let path = dir.join("poisoned.hbs");
+    std::fs::write(&path, poisoned).unwrap();
+    let lb = Lb::start(&consul, &["--template", &path.display().to_string()]).await;
+    lb.wait_ports("/hello", &[a]).await;
+
+    register(&consul, "h-b", "hello", b, &[]).await;
+    let rejected = lb.dir.join("haproxy.cfg.rejected");
+    eventually("the file with b refused", LIMIT, || async {
+        if rejected.exists() { Ok(()) } else { Err("no .rejected yet".to_owned()) }
+    })
+    .await;
+    assert!(std::fs::read_to_string(&rejected).unwrap().contains(&format!("127.0.0.1:{b}")));
+    // HAProxy runs what the file says: a alone.
+    lb.wait_ports("/hello", &[a]).await;
+    assert!(!lb.config().contains(&format!("127.0.0.1:{b}")));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(lb.ports("/hello", 20).await, [a].into_iter().collect());
+    lb.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
