@@ -205,6 +205,21 @@ impl Known {
         self.sweep = true;
     }
 
+    /// Consul's indexes went backwards (an agent or cluster whose state was
+    /// reset, such as a restarted dev agent): every index known is from the
+    /// old state, so no read is newer or older than another any more. What
+    /// is known stays until read again.
+    pub fn on_reset(&mut self) {
+        for service in self.services.values_mut() {
+            service.read_at = 0;
+            for inst in &mut service.instances {
+                inst.seen_at = 0;
+            }
+        }
+        self.unhealthy.index = 0;
+        self.sweep = true;
+    }
+
     /// The checks that are not passing, read at `index`. Passing ones in the
     /// answer (an agent that ignored the filter) are dropped here.
     pub fn on_unhealthy(&mut self, index: u64, checks: &[EntryCheck]) {
@@ -562,5 +577,17 @@ mod tests {
         let second = k.catalog();
         assert!(Arc::ptr_eq(&first["a"], &second["a"]));
         assert!(!Arc::ptr_eq(&first["b"], &second["b"]));
+    }
+
+    #[test]
+    fn after_consul_resets_its_indexes_new_reads_replace_what_is_known() {
+        let mut k = routed(&[("a", &["rest"])]);
+        k.on_service("a", 500, &[entry("n1", "a1", "a", "10.0.0.1", 400, &[])]);
+        k.on_unhealthy(450, &[]);
+        // A restarted agent starts over at low indexes.
+        k.on_reset();
+        assert!(k.take_sweep());
+        k.on_sweep(sweep(12, &[(node("n1", &[("a1", "a", "10.0.0.1", 9), ("a2", "a", "10.0.0.2", 11)]), vec![])]));
+        assert_eq!(statuses(&mut k, "a"), [("a1".to_owned(), Passing), ("a2".to_owned(), Passing)]);
     }
 }

@@ -70,6 +70,8 @@ enum Update {
     Unhealthy(u64, Vec<EntryCheck>),
     /// The health view failed (it is retried).
     UnhealthyFailed,
+    /// An index went backwards: Consul's state was reset.
+    Reset,
 }
 
 enum Done {
@@ -151,6 +153,10 @@ pub async fn run(
                     known.on_unhealthy(index, &checks);
                 }
                 Some(Update::UnhealthyFailed) => health_tried = true,
+                Some(Update::Reset) => {
+                    info!("Consul's indexes went back (its state was reset); reading everything again");
+                    known.on_reset();
+                }
             },
             Some(done) = jobs.join_next() => match done {
                 Ok(Done::Service(name, result)) => {
@@ -277,7 +283,7 @@ impl Retry {
 
 /// Follows the catalog's service list with a blocking query.
 async fn follow_names(client: Client, opts: WatchOptions, tx: mpsc::UnboundedSender<Update>, stats: Arc<WatchStats>) {
-    let mut index = 0;
+    let (mut index, mut answered) = (0, 0);
     let mut backoff = backoff();
     let mut failing = false;
     loop {
@@ -296,6 +302,12 @@ async fn follow_names(client: Client, opts: WatchOptions, tx: mpsc::UnboundedSen
                 if std::mem::take(&mut failing) {
                     info!("Consul's service list is readable again");
                 }
+                // An index below the last one answered, even across a
+                // failure: Consul's state was reset (a restarted dev agent).
+                if answer.index < answered && tx.send(Update::Reset).is_err() {
+                    return;
+                }
+                answered = answer.index;
                 if is_news(index, answer.index) && tx.send(Update::Names(answer.value)).is_err() {
                     return;
                 }
@@ -327,7 +339,7 @@ async fn follow_names(client: Client, opts: WatchOptions, tx: mpsc::UnboundedSen
 
 /// Follows every check that is not passing with a blocking query.
 async fn follow_health(client: Client, opts: WatchOptions, tx: mpsc::UnboundedSender<Update>, stats: Arc<WatchStats>) {
-    let mut index = 0;
+    let (mut index, mut answered) = (0, 0);
     let mut backoff = backoff();
     let mut failing = false;
     loop {
@@ -338,6 +350,12 @@ async fn follow_health(client: Client, opts: WatchOptions, tx: mpsc::UnboundedSe
                 if std::mem::take(&mut failing) {
                     info!("Consul's health checks are readable again");
                 }
+                // An index below the last one answered, even across a
+                // failure: Consul's state was reset (a restarted dev agent).
+                if answer.index < answered && tx.send(Update::Reset).is_err() {
+                    return;
+                }
+                answered = answer.index;
                 if is_news(index, answer.index) && tx.send(Update::Unhealthy(answer.index, answer.value)).is_err() {
                     return;
                 }
