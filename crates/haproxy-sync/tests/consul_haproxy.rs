@@ -642,15 +642,22 @@ async fn consul_away_costs_a_few_requests_and_one_log_line_per_query_then_it_fol
         }
     };
     eventually("routed", LIMIT, || answers(a)).await;
+    // Indexes well above those the restarted (empty) agent will answer with,
+    // as after a long life: its state is new, not older.
+    for i in 0..30 {
+        register(&consul, &format!("bump-{i}"), "bump", a, &[]).await;
+        consul.client().deregister(&format!("bump-{i}")).await.unwrap();
+    }
 
-    // Consul away for 20 s: the two queries back off (100 ms doubling to
-    // 5 s, jittered down to half: at most 7 tries to reach 5 s, then one
-    // every 2.5 s at most), the routes stay, and each query says so once.
+    // Consul away for 20 s: the two queries, and the sweep the last
+    // changes asked for, back off (100 ms doubling to 5 s, jittered down to
+    // half: at most 7 tries to reach 5 s, then one every 2.5 s at most), the
+    // routes stay, and each query says so once.
     consul.stop();
     let before = proxy.connections();
     tokio::time::sleep(Duration::from_secs(20)).await;
     let attempts = proxy.connections() - before;
-    assert!(attempts <= 2 * (7 + 8), "{attempts} connection attempts to an absent Consul in 20 s");
+    assert!(attempts <= 3 * (7 + 8), "{attempts} connection attempts to an absent Consul in 20 s");
     answers(a).await.unwrap();
 
     // Back (empty, as a restarted dev agent), then filled again: followed.
@@ -668,7 +675,7 @@ async fn consul_away_costs_a_few_requests_and_one_log_line_per_query_then_it_fol
         .filter_map(|l| l["message"].as_str().filter(|m| m.contains("Consul")).map(str::to_owned))
         .collect();
     assert!(
-        (2..=4).contains(&warnings.len()),
+        (2..=5).contains(&warnings.len()),
         "one warning per failing query (service list, checks, maybe a read), not one per attempt: {warnings:#?}"
     );
     let _ = std::fs::remove_dir_all(&dir);
