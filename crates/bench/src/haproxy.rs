@@ -181,7 +181,7 @@ async fn node_loss(times: usize, bin: &Path, out: &Path) -> anyhow::Result<Summa
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        other.kill();
+        other.stop();
         let url = format!("{}/v1/health/node/{}", consul.url(), other.node);
         let t0 = Instant::now();
         let critical = loop {

@@ -88,8 +88,34 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let (updates_tx, mut updates) = mpsc::unbounded_channel();
-    let names_task = tokio::spawn(follow_names(client.clone(), opts.clone(), updates_tx.clone(), stats.clone()));
-    let health_task = tokio::spawn(follow_health(client.clone(), opts.clone(), updates_tx, stats.clone()));
+    let names_query = Query {
+        what: "service list",
+        ask: {
+            let client = client.clone();
+            move |index, wait| {
+                let client = client.clone();
+                async move { client.catalog_services(index, wait).await }
+            }
+        },
+        answer: names,
+        failed: None,
+        sets_up: true,
+    };
+    let health_query = Query {
+        what: "health checks",
+        ask: {
+            let client = client.clone();
+            move |index, wait| {
+                let client = client.clone();
+                async move { client.unhealthy_checks(index, wait).await }
+            }
+        },
+        answer: unhealthy,
+        failed: Some(|| Update::UnhealthyFailed),
+        sets_up: false,
+    };
+    let names_task = tokio::spawn(follow(names_query, opts.clone(), updates_tx.clone(), stats.clone()));
+    let health_task = tokio::spawn(follow(health_query, opts.clone(), updates_tx, stats.clone()));
 
     let mut known = Known::new(&opts.tag);
     let mut jobs: JoinSet<Done> = JoinSet::new();
@@ -281,53 +307,80 @@ impl Retry {
     }
 }
 
-/// Follows the catalog's service list with a blocking query.
-async fn follow_names(client: Client, opts: WatchOptions, tx: mpsc::UnboundedSender<Update>, stats: Arc<WatchStats>) {
+/// One of the two blocking queries: what it asks, what each answer and
+/// each failure tell the loop, and how a failure is logged.
+struct Query<T, F> {
+    /// What it follows, for the log: "service list", "health checks".
+    what: &'static str,
+    ask: F,
+    /// An answer → the update for the loop, or why it cannot be used.
+    answer: fn(u64, T) -> Result<Update, WatchError>,
+    /// The update a failure sends, if any.
+    failed: Option<fn() -> Update>,
+    /// Whether it sets `consul_up` (the service list does).
+    sets_up: bool,
+}
+
+/// Follows one blocking query until the loop is gone: news goes to `tx`, an
+/// index that went back (Consul's state was reset, even across a failure)
+/// sends [`Update::Reset`] first, failures back off, and each change
+/// between failing and answering is one log line.
+async fn follow<T, F, Fut>(
+    q: Query<T, F>,
+    opts: WatchOptions,
+    tx: mpsc::UnboundedSender<Update>,
+    stats: Arc<WatchStats>,
+) where
+    F: Fn(u64, Duration) -> Fut,
+    Fut: std::future::Future<Output = Result<Indexed<T>, consul::Error>>,
+{
     let (mut index, mut answered) = (0, 0);
     let mut backoff = backoff();
     let mut failing = false;
     loop {
         let started = Instant::now();
-        // Consul's own servers are always in the catalog as `consul`: a list
-        // without a single service is what ACLs leave of it for a token that
-        // may read nothing, never the truth. Applying it would unroute all.
-        let result: Result<_, WatchError> = match client.catalog_services(index, opts.wait).await {
-            Ok(answer) if answer.value.is_empty() => Err(WatchError::NothingReadable),
-            other => other.map_err(Into::into),
-        };
+        let result = (q.ask)(index, opts.wait).await.map_err(WatchError::from).and_then(|a| {
+            let at = a.index;
+            (q.answer)(at, a.value).map(|update| (at, update))
+        });
         match result {
-            Ok(answer) => {
-                stats.up.set(1);
+            Ok((at, update)) => {
+                if q.sets_up {
+                    stats.up.set(1);
+                }
                 backoff.reset();
                 if std::mem::take(&mut failing) {
-                    info!("Consul's service list is readable again");
+                    info!("Consul's {} is readable again", q.what);
                 }
-                // An index below the last one answered, even across a
-                // failure: Consul's state was reset (a restarted dev agent).
-                if answer.index < answered && tx.send(Update::Reset).is_err() {
+                if at < answered && tx.send(Update::Reset).is_err() {
                     return;
                 }
-                answered = answer.index;
-                if is_news(index, answer.index) && tx.send(Update::Names(answer.value)).is_err() {
+                answered = at;
+                if is_news(index, at) && tx.send(update).is_err() {
                     return;
                 }
-                index = next_index(index, answer.index);
+                index = next_index(index, at);
             }
             Err(e) => {
                 stats.errors.inc();
-                stats.up.set(0);
-                if !std::mem::replace(&mut failing, true) {
-                    if e.is_forbidden() || matches!(e, WatchError::NothingReadable) {
-                        error!(
-                            error = %e,
-                            "Consul's ACLs let this token read no services: the ACL token is missing or lacks \
-                             service:read and node:read (CONSUL_HTTP_TOKEN); keeping the last known services"
-                        );
-                    } else {
-                        warn!(error = %e, "cannot follow Consul's service list; keeping the last known services");
+                if q.sets_up {
+                    stats.up.set(0);
+                }
+                if std::mem::replace(&mut failing, true) {
+                    debug!(error = %e, "Consul's {} failed again", q.what);
+                } else if e.is_forbidden() || matches!(e, WatchError::NothingReadable) {
+                    error!(
+                        error = %e,
+                        "Consul's ACLs let this token read nothing: the ACL token is missing or lacks \
+                         service:read and node:read (CONSUL_HTTP_TOKEN); keeping what is known"
+                    );
+                } else {
+                    warn!(error = %e, "cannot follow Consul's {}; keeping what is known", q.what);
+                }
+                if let Some(failed) = q.failed {
+                    if tx.send(failed()).is_err() {
+                        return;
                     }
-                } else {
-                    debug!(error = %e, "Consul's service list failed again");
                 }
                 index = 0;
                 backoff.wait().await;
@@ -337,49 +390,19 @@ async fn follow_names(client: Client, opts: WatchOptions, tx: mpsc::UnboundedSen
     }
 }
 
-/// Follows every check that is not passing with a blocking query.
-async fn follow_health(client: Client, opts: WatchOptions, tx: mpsc::UnboundedSender<Update>, stats: Arc<WatchStats>) {
-    let (mut index, mut answered) = (0, 0);
-    let mut backoff = backoff();
-    let mut failing = false;
-    loop {
-        let started = Instant::now();
-        match client.unhealthy_checks(index, opts.wait).await {
-            Ok(answer) => {
-                backoff.reset();
-                if std::mem::take(&mut failing) {
-                    info!("Consul's health checks are readable again");
-                }
-                // An index below the last one answered, even across a
-                // failure: Consul's state was reset (a restarted dev agent).
-                if answer.index < answered && tx.send(Update::Reset).is_err() {
-                    return;
-                }
-                answered = answer.index;
-                if is_news(index, answer.index) && tx.send(Update::Unhealthy(answer.index, answer.value)).is_err() {
-                    return;
-                }
-                index = next_index(index, answer.index);
-            }
-            Err(e) => {
-                stats.errors.inc();
-                if !std::mem::replace(&mut failing, true) {
-                    warn!(error = %e, "cannot follow Consul's health checks; keeping the last known health");
-                } else {
-                    debug!(error = %e, "Consul's health checks failed again");
-                }
-                if tx.send(Update::UnhealthyFailed).is_err() {
-                    return;
-                }
-                index = 0;
-                backoff.wait().await;
-            }
-        }
-        tokio::time::sleep_until(started + opts.min_interval).await;
-    }
+/// The catalog's service list. Consul's own servers are always in it as
+/// `consul`: a list without a single service is what ACLs leave of it for a
+/// token that may read nothing, never the truth; applying it would unroute all.
+fn names(_: u64, names: BTreeMap<String, Vec<String>>) -> Result<Update, WatchError> {
+    if names.is_empty() { Err(WatchError::NothingReadable) } else { Ok(Update::Names(names)) }
 }
 
-/// Why one service-list query gave nothing to use.
+/// Every check that is not passing.
+fn unhealthy(index: u64, checks: Vec<EntryCheck>) -> Result<Update, WatchError> {
+    Ok(Update::Unhealthy(index, checks))
+}
+
+/// Why one blocking query's answer gave nothing to use.
 #[derive(Debug, thiserror::Error)]
 enum WatchError {
     #[error(transparent)]

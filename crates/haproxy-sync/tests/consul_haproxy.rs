@@ -517,7 +517,7 @@ async fn instances_on_a_node_that_failed_or_is_in_maintenance_are_not_routed() {
     // The other host is lost: Consul's failure detection marks its node
     // critical while the instance's own check still reads passing; its
     // backend still answers, so HAProxy's own checks would keep it.
-    other.kill();
+    other.stop();
     let node = other.node.clone();
     let critical = eventually("Consul marks the lost node critical", Duration::from_secs(60), || async {
         if serf_health(&consul, &node).await == "critical" {

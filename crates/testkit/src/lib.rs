@@ -126,13 +126,6 @@ impl TestConsul {
         consul
     }
 
-    /// Kills the agent with SIGKILL: its node stops answering gossip, as a
-    /// host cut off or powered off.
-    pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
     /// Starts an agent with ACLs on and denying by default; `master` may do anything.
     pub async fn start_with_acls(master: &str) -> Self {
         let acl = format!(
@@ -193,7 +186,8 @@ impl TestConsul {
         consul::Client::new(&settings).expect("client")
     }
 
-    /// Kills the agent (its dev-mode state is lost).
+    /// Kills the agent with SIGKILL (a dev agent's state is lost; a client
+    /// agent's node stops answering gossip, as a host cut off).
     pub fn stop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
