@@ -123,6 +123,16 @@ impl Client {
         Ok(self.agent_self().await?.member.and_then(|m| m.addr.parse().ok()))
     }
 
+    /// The agent as it describes itself: node, address, server or client.
+    pub async fn agent_info(&self) -> Result<AgentInfo, Error> {
+        let me = self.agent_self().await?;
+        Ok(AgentInfo {
+            node: me.config.node_name,
+            address: me.member.and_then(|m| m.addr.parse().ok()),
+            server: me.config.server,
+        })
+    }
+
     async fn agent_self(&self) -> Result<AgentSelf, Error> {
         self.json(self.request(Method::GET, "v1/agent/self")).await
     }
@@ -271,6 +281,18 @@ struct AgentSelf {
 struct SelfConfig {
     #[serde(rename = "NodeName")]
     node_name: String,
+    #[serde(rename = "Server", default)]
+    server: bool,
+}
+
+/// What [`Client::agent_info`] answers.
+#[derive(Clone, Debug)]
+pub struct AgentInfo {
+    pub node: String,
+    /// The address it gossips on.
+    pub address: Option<std::net::IpAddr>,
+    /// A Consul server (which is also its host's agent), not a client agent.
+    pub server: bool,
 }
 
 #[derive(serde::Deserialize)]

@@ -19,7 +19,7 @@ pub mod types;
 
 pub use address::{ConsulArgs, Settings};
 pub use backoff::Backoff;
-pub use client::{Client, Error, Indexed};
+pub use client::{AgentInfo, Client, Error, Indexed};
 pub use types::{
     AgentService, Check, EntryCheck, EntryService, HealthStatus, Node, NodeServices, Registration, ServiceEntry,
 };

@@ -39,6 +39,26 @@ impl Engine {
         Ok(self.docker.info().await?.name.unwrap_or_default())
     }
 
+    /// The engine's address in a Swarm, when it is a node of one.
+    pub async fn swarm_address(&self) -> Result<Option<std::net::IpAddr>, DockerError> {
+        let swarm = self.docker.info().await?.swarm;
+        Ok(swarm
+            .and_then(|s| s.node_addr)
+            .and_then(|a| a.parse().ok())
+            .filter(|a: &std::net::IpAddr| !a.is_unspecified()))
+    }
+
+    /// The addresses of the running containers, on every network.
+    pub async fn container_addresses(&self) -> Result<Vec<std::net::IpAddr>, DockerError> {
+        let list = self.docker.list_containers(Some(ListContainersOptions::default())).await?;
+        Ok(list
+            .into_iter()
+            .filter_map(|c| c.network_settings?.networks)
+            .flat_map(|nets| nets.into_values())
+            .filter_map(|ep| ep.ip_address?.parse().ok())
+            .collect())
+    }
+
     /// IDs of the running containers.
     pub async fn running(&self) -> Result<Vec<String>, DockerError> {
         let opts = ListContainersOptions { all: false, ..Default::default() };

@@ -11,6 +11,7 @@
 //! - [`state`]: what registrator knows and wants, and every decision, as
 //!   pure transitions (events, looks at Docker and Consul, outcomes → ops).
 //! - [`registrar`]: the thin loop around the state: events, timers, I/O.
+//! - [`placement`]: whether the agent is this host's and `-ip` one of its addresses.
 //! - [`metrics`]: what `/metrics` reports.
 //! - [`config`]: command line and environment.
 #![forbid(unsafe_code)]
@@ -19,6 +20,7 @@ pub mod config;
 pub mod container;
 pub mod docker;
 pub mod metrics;
+pub mod placement;
 pub mod registrar;
 pub mod service;
 pub mod state;
@@ -26,6 +28,6 @@ pub mod tags;
 #[cfg(test)]
 mod testing;
 
-pub use registrar::{Options, Registrar, Work, drive, run};
+pub use registrar::{HostAgent, Options, Registrar, Work, drive, run};
 pub use service::Rules;
 pub use state::{Deregister, Timing};

@@ -70,6 +70,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Some(_) => None,
         None => host_address(&own_networks, &consul).await,
     };
+    let agent = check_placement(&engine, &consul, &own_networks, args.ip).await;
     let rules = Rules {
         owner: args.owner.clone().unwrap_or(host),
         host_ip: args.ip,
@@ -82,7 +83,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         ip_from_label: args.use_ip_from_label.clone(),
     };
     info!(consul = %consul.base(), owner = %rules.owner, networks = ?rules.own_networks, "registrator starting");
-    let registrar = Arc::new(Registrar::new(consul, engine, rules).with_deregister(args.deregister));
+    let agent = registrator::HostAgent::new(consul, agent.map(|a| a.node));
+    let registrar = Arc::new(Registrar::new(agent, engine, rules).with_deregister(args.deregister));
     if let Some(addr) = args.metrics_addr.0 {
         let mut registry = Registry::with_prefix("registrator");
         registrar.metrics().register(&mut registry);
@@ -151,6 +153,58 @@ async fn own_networks(engine: &Engine) -> BTreeMap<String, NetworkAddress> {
         warn!("running in a container that Docker does not show: taken for the host network; set -ip");
     }
     BTreeMap::new()
+}
+
+/// Warns when the agent is not this host's or `-ip` not one of its
+/// addresses ([`registrator::placement`]); returns what the agent said of itself.
+async fn check_placement(
+    engine: &Engine,
+    consul: &consul::Client,
+    own: &BTreeMap<String, NetworkAddress>,
+    ip_flag: Option<IpAddr>,
+) -> Option<consul::AgentInfo> {
+    use registrator::placement::{Agent, Evidence, warnings};
+    let info = match consul.agent_info().await {
+        Ok(info) => info,
+        Err(e) => {
+            warn!(error = %e, "could not ask the Consul agent about itself; where it runs is not checked");
+            return None;
+        }
+    };
+    let url = consul.base();
+    let dialed = match (url.host_str(), url.port_or_known_default()) {
+        (Some(host), Some(port)) => tokio::net::lookup_host((host.trim_matches(['[', ']']), port))
+            .await
+            .map(|addrs| addrs.map(|a| a.ip()).collect())
+            .unwrap_or_default(),
+        _ => Vec::new(),
+    };
+    let evidence = Evidence {
+        ip_flag,
+        interfaces: if own.is_empty() { interface_addresses() } else { Vec::new() },
+        gateways: own.values().filter_map(|a| a.gateway).collect(),
+        swarm_address: engine.swarm_address().await.ok().flatten(),
+        containers: engine.container_addresses().await.unwrap_or_default(),
+        dialed,
+        agent: Agent { url: url.to_string(), node: info.node.clone(), address: info.address, server: info.server },
+    };
+    for w in warnings(&evidence) {
+        warn!("{w}");
+    }
+    Some(info)
+}
+
+/// The addresses of this network namespace's interfaces.
+fn interface_addresses() -> Vec<IpAddr> {
+    let Ok(addrs) = nix::ifaddrs::getifaddrs() else { return Vec::new() };
+    addrs
+        .filter_map(|a| {
+            let sa = a.address?;
+            sa.as_sockaddr_in()
+                .map(|v4| IpAddr::V4(v4.ip()))
+                .or_else(|| sa.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip())))
+        })
+        .collect()
 }
 
 /// Who this process's container may be: the IDs in the mounts Docker makes

@@ -8,7 +8,7 @@
 //! [`Agent`], so the loop's timing (batching, verify, retries, backoff) is
 //! tested with fakes and tokio's paused clock (`tests` below).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -56,15 +56,78 @@ impl Docker for Engine {
     }
 }
 
-impl Agent for consul::Client {
-    fn services(&self) -> impl Future<Output = Result<HashMap<String, AgentService>, consul::Error>> + Send {
-        self.agent_services()
+/// This host's Consul agent, with what it holds checked against the catalog.
+///
+/// An agent keeps its services while its host is cut off; if Consul reaps
+/// the node meanwhile (`reconnect_timeout`, `consul force-leave`), the
+/// catalog loses them, and the agent, back, does not push them again before
+/// its next anti-entropy round (minutes). A service the catalog had and has
+/// lost while the agent holds it is reported missing here, so the next
+/// verify registers it again, within seconds of the agent's return. A
+/// service the catalog never had (still on its way, or its sync refused) is
+/// left alone, so nothing is registered over and over.
+pub struct HostAgent {
+    client: consul::Client,
+    /// The agent's node; `None`: the agent alone is asked.
+    node: Option<String>,
+    /// Services seen in the catalog since they were last reported lost.
+    in_catalog: Mutex<HashSet<String>>,
+}
+
+impl HostAgent {
+    pub fn new(client: consul::Client, node: Option<String>) -> Self {
+        Self { client, node, in_catalog: Mutex::default() }
+    }
+}
+
+/// Drops from `held` (what the agent holds) the services the catalog had
+/// (`seen`) and has lost (`catalog`: the node's services, `None` when the
+/// node is gone); returns their IDs. `seen` learns what the catalog has.
+pub fn lost_from_catalog(
+    held: &mut HashMap<String, AgentService>,
+    catalog: Option<&HashSet<String>>,
+    seen: &mut HashSet<String>,
+) -> Vec<String> {
+    let empty = HashSet::new();
+    let catalog = catalog.unwrap_or(&empty);
+    seen.retain(|id| held.contains_key(id));
+    let mut lost: Vec<String> = seen.iter().filter(|id| !catalog.contains(*id)).cloned().collect();
+    lost.sort();
+    for id in &lost {
+        seen.remove(id);
+        held.remove(id);
+    }
+    seen.extend(held.keys().filter(|id| catalog.contains(*id)).cloned());
+    lost
+}
+
+impl Agent for HostAgent {
+    async fn services(&self) -> Result<HashMap<String, AgentService>, consul::Error> {
+        let mut held = self.client.agent_services().await?;
+        let Some(node) = &self.node else { return Ok(held) };
+        // The servers may be out of reach (this host cut off): then the agent's word stands.
+        let Ok(answer) = self.client.node_services(node).await else { return Ok(held) };
+        let catalog: Option<HashSet<String>> = answer.value.map(|n| n.services.into_keys().collect());
+        let lost = lost_from_catalog(
+            &mut held,
+            catalog.as_ref(),
+            &mut self.in_catalog.lock().unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        if !lost.is_empty() {
+            warn!(
+                node = %node,
+                count = lost.len(),
+                services = ?lost,
+                "the Consul catalog lost services this host's agent holds (its node was reaped while away?); registering them again"
+            );
+        }
+        Ok(held)
     }
     fn register(&self, reg: &Registration) -> impl Future<Output = Result<(), consul::Error>> + Send {
-        consul::Client::register(self, reg)
+        self.client.register(reg)
     }
     fn deregister(&self, id: &str) -> impl Future<Output = Result<(), consul::Error>> + Send {
-        consul::Client::deregister(self, id)
+        self.client.deregister(id)
     }
     fn update_ttl(
         &self,
@@ -72,7 +135,7 @@ impl Agent for consul::Client {
         status: &str,
         output: &str,
     ) -> impl Future<Output = Result<(), consul::Error>> + Send {
-        consul::Client::update_ttl(self, check_id, status, output)
+        self.client.update_ttl(check_id, status, output)
     }
 }
 
@@ -102,7 +165,7 @@ struct Status {
 }
 
 /// The registrar: Docker and the agent, the rules, and what it reports.
-pub struct Registrar<D = Engine, A = consul::Client> {
+pub struct Registrar<D = Engine, A = HostAgent> {
     docker: D,
     agent: A,
     rules: Rules,
@@ -616,6 +679,40 @@ mod tests {
     use reqwest::{Method, StatusCode};
 
     use super::*;
+
+    fn held(ids: &[&str]) -> HashMap<String, AgentService> {
+        ids.iter()
+            .map(|id| {
+                let reg = Registration { id: (*id).into(), name: "s".into(), ..Registration::default() };
+                ((*id).to_string(), AgentService::from(&reg))
+            })
+            .collect()
+    }
+
+    fn ids(list: &[&str]) -> HashSet<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn only_what_the_catalog_had_and_lost_is_missing() {
+        let mut seen = HashSet::new();
+        // just registered, not yet in the catalog: left alone
+        let mut h = held(&["a", "b"]);
+        assert!(lost_from_catalog(&mut h, Some(&ids(&["a"])), &mut seen).is_empty());
+        assert_eq!(h.len(), 2);
+        // the node reaped: what the catalog had is missing, the rest stays
+        let mut h = held(&["a", "b"]);
+        assert_eq!(lost_from_catalog(&mut h, None, &mut seen), vec!["a".to_string()]);
+        assert_eq!(h.keys().collect::<Vec<_>>(), vec!["b"]);
+        // reported once: until the catalog has it again, it is not missing again
+        let mut h = held(&["a", "b"]);
+        assert!(lost_from_catalog(&mut h, None, &mut seen).is_empty());
+        assert_eq!(h.len(), 2);
+        // a service the agent no longer holds is forgotten
+        let mut h = held(&["b"]);
+        assert!(lost_from_catalog(&mut h, Some(&ids(&["a", "b"])), &mut seen).is_empty());
+        assert_eq!(seen, ids(&["b"]));
+    }
 
     use crate::testing::{NET, container};
 

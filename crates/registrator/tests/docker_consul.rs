@@ -43,8 +43,12 @@ fn start_registrator_with(
 ) -> (Running, Arc<Registrar>) {
     let owner = format!("{}-host", scene.tag);
     let rules = Rules { owner: owner.clone(), own_networks: vec![scene.network.clone()], ..Rules::default() };
-    let registrar =
-        Registrar::new(consul.client(), Engine::connect().expect("docker"), rules).with_deregister(deregister);
+    let registrar = Registrar::new(
+        registrator::HostAgent::new(consul.client(), Some(consul.node.clone())),
+        Engine::connect().expect("docker"),
+        rules,
+    )
+    .with_deregister(deregister);
     let registrar = Arc::new(registrar);
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(registrator::run(registrar.clone(), opts, shutdown.clone()));
