@@ -4,6 +4,8 @@
 //! torn down when dropped, so it never touches a stack the user runs.
 #![forbid(unsafe_code)]
 
+pub mod hosts;
+
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::process::{Command, Output};
@@ -55,12 +57,7 @@ impl Stack {
             consul_port: stable_port(),
             dns_port: stable_port(),
             overrides: Vec::new(),
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(5))
-                // One connection per request, as curl makes.
-                .pool_max_idle_per_host(0)
-                .build()
-                .expect("http client"),
+            http: client(),
         }
     }
 
@@ -113,41 +110,24 @@ impl Stack {
         String::from_utf8_lossy(&out.stdout).lines().map(|id| id.chars().take(12).collect()).collect()
     }
 
+    /// HAProxy's address.
+    pub fn lb(&self) -> Lb {
+        Lb { http: self.http.clone(), base: format!("http://127.0.0.1:{}", self.http_port) }
+    }
+
     /// One `GET <path>` through HAProxy.
     pub async fn get(&self, path: &str) -> Answer {
-        get(&self.http, self.http_port, path).await
+        self.lb().get(path).await
     }
 
     /// Sends requests to `path` one after another until the returned load is stopped.
     pub fn load(&self, path: &str) -> Load {
-        let (http, port, path) = (self.http.clone(), self.http_port, path.to_owned());
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let task = tokio::spawn(async move {
-            let mut report = LoadReport::default();
-            while !flag.load(Ordering::Relaxed) {
-                match get(&http, port, &path).await {
-                    Answer::Host(_) => report.ok += 1,
-                    failure => report.failed.push(failure),
-                }
-            }
-            report
-        });
-        Load { stop, task }
+        self.lb().load(path)
     }
 
     /// The distinct hostnames answering `n` requests to `/hello`, or the first failure.
     pub async fn hostnames(&self, n: usize) -> Result<BTreeSet<String>, String> {
-        let mut seen = BTreeSet::new();
-        for _ in 0..n {
-            match self.get("/hello").await {
-                Answer::Host(h) => {
-                    seen.insert(h);
-                }
-                other => return Err(format!("{other:?}")),
-            }
-        }
-        Ok(seen)
+        self.lb().hostnames("/hello", n).await
     }
 
     /// The SRV records Consul's DNS gives for `name`, as `(port, target)`.
@@ -187,6 +167,8 @@ pub struct Load {
 #[derive(Debug, Default)]
 pub struct LoadReport {
     pub ok: usize,
+    /// Answers per instance (hostname).
+    pub by_host: std::collections::BTreeMap<String, usize>,
     pub failed: Vec<Answer>,
 }
 
@@ -197,8 +179,71 @@ impl Load {
     }
 }
 
-async fn get(http: &reqwest::Client, port: u16, path: &str) -> Answer {
-    let url = format!("http://127.0.0.1:{port}{path}");
+/// A load balancer to send requests to.
+#[derive(Clone, Debug)]
+pub struct Lb {
+    http: reqwest::Client,
+    base: String,
+}
+
+impl Lb {
+    /// The load balancer at `addr` (`host:port`), asked as curl would: one connection per request.
+    pub fn at(addr: &str) -> Self {
+        Self { http: client(), base: format!("http://{addr}") }
+    }
+
+    /// One `GET <path>`.
+    pub async fn get(&self, path: &str) -> Answer {
+        get(&self.http, &self.base, path).await
+    }
+
+    /// Sends requests to `path` one after another until the returned load is stopped.
+    pub fn load(&self, path: &str) -> Load {
+        let (lb, path) = (self.clone(), path.to_owned());
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let task = tokio::spawn(async move {
+            let mut report = LoadReport::default();
+            while !flag.load(Ordering::Relaxed) {
+                match lb.get(&path).await {
+                    Answer::Host(h) => {
+                        report.ok += 1;
+                        *report.by_host.entry(h).or_default() += 1;
+                    }
+                    failure => report.failed.push(failure),
+                }
+            }
+            report
+        });
+        Load { stop, task }
+    }
+
+    /// The distinct hostnames answering `n` requests to `path`, or the first failure.
+    pub async fn hostnames(&self, path: &str, n: usize) -> Result<BTreeSet<String>, String> {
+        let mut seen = BTreeSet::new();
+        for _ in 0..n {
+            match self.get(path).await {
+                Answer::Host(h) => {
+                    seen.insert(h);
+                }
+                other => return Err(format!("{other:?}")),
+            }
+        }
+        Ok(seen)
+    }
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        // One connection per request, as curl makes.
+        .pool_max_idle_per_host(0)
+        .build()
+        .expect("http client")
+}
+
+async fn get(http: &reqwest::Client, base: &str, path: &str) -> Answer {
+    let url = format!("{base}{path}");
     match http.get(url).send().await {
         Err(e) => Answer::Failed(e.to_string()),
         Ok(resp) if !resp.status().is_success() => Answer::Status(resp.status().as_u16()),

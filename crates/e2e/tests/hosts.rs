@@ -1,0 +1,466 @@
+//! The stack across three real Docker hosts on this machine (`scripts/hosts`):
+//! a Consul server on each, `hello` on hosts 2 and 3 registered by each
+//! host's registrator at the host's address, and two load balancers (hosts 1
+//! and 2), each reading its own host's agent, all from `compose/cluster.yml`
+//! as a user would run it on each host.
+//!
+//! The hosts take a minute to make, so the scenarios share them and run one
+//! after another, each leaving the cluster as it found it. Each is reported
+//! on its own and a failing one does not stop the others; the hosts are
+//! removed at the end whatever happened (`harness = false`: this file is its
+//! own test runner). Arguments filter scenarios by name, as with libtest.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use e2e::hosts::{Host, Hosts, Roles};
+use e2e::{Answer, Lb};
+
+type Scenario = for<'a> fn(&'a Cluster) -> Pin<Box<dyn Future<Output = ()> + 'a>>;
+
+const SCENARIOS: &[(&str, Scenario)] = &[
+    ("routes_across_hosts_and_every_load_balancer_agrees", |c| Box::pin(routes_across_hosts(c))),
+    ("scale_down_on_one_host_under_load_fails_nothing", |c| Box::pin(scale_down_under_load(c))),
+    ("a_restarted_registrator_touches_only_its_hosts_services", |c| Box::pin(registrator_restart(c))),
+    ("the_consul_leader_killed_under_load_fails_nothing", |c| Box::pin(leader_killed(c))),
+    ("a_host_cut_off_leaves_the_rotation_and_comes_back", |c| Box::pin(host_cut_off(c))),
+    ("registrator_warns_about_another_hosts_agent_and_a_wrong_ip", |c| Box::pin(guard_rails(c))),
+];
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let filters: Vec<&String> = args.iter().filter(|a| !a.starts_with('-')).collect();
+    let chosen: Vec<&(&str, Scenario)> = SCENARIOS
+        .iter()
+        .filter(|(name, _)| filters.is_empty() || filters.iter().any(|f| name.contains(f.as_str())))
+        .collect();
+    if args.iter().any(|a| a == "--list") {
+        for (name, _) in &chosen {
+            println!("{name}: test");
+        }
+        return;
+    }
+    if chosen.is_empty() {
+        println!("no scenario matches {filters:?}");
+        return;
+    }
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let cluster = Cluster::up(&rt);
+    let mut failed = Vec::new();
+    for (name, scenario) in &chosen {
+        println!("scenario {name} ...");
+        let started = Instant::now();
+        let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| rt.block_on(scenario(&cluster))));
+        match outcome {
+            Ok(()) => println!("scenario {name} ... ok ({:.1} s)", started.elapsed().as_secs_f64()),
+            Err(_) => {
+                println!("scenario {name} ... FAILED");
+                failed.push(*name);
+                for host in cluster.hosts.all() {
+                    eprintln!("--- host {} ({}) ---\n{}", host.index, host.ip, host.logs());
+                }
+                // Whatever the scenario broke, the next starts from a whole cluster.
+                rt.block_on(cluster.heal());
+            }
+        }
+    }
+    drop(cluster);
+    println!("{} scenarios, {} failed {failed:?}", chosen.len(), failed.len());
+    if !failed.is_empty() {
+        std::process::exit(101);
+    }
+}
+
+/// Three hosts, each a Consul server; `hello` on 2 and 3; load balancers on 1 and 2.
+struct Cluster {
+    hosts: Hosts,
+    roles: Vec<Roles>,
+    lbs: [Lb; 2],
+    http: reqwest::Client,
+}
+
+impl Cluster {
+    fn up(rt: &tokio::runtime::Runtime) -> Self {
+        let hosts = Hosts::up("mh", "10.89.1", 3);
+        let servers: Vec<_> = hosts.all().iter().map(|h| h.ip).collect();
+        let roles: Vec<Roles> = hosts
+            .all()
+            .iter()
+            .map(|h| {
+                let mut profiles = vec!["server"];
+                if h.index <= 2 {
+                    profiles.push("lb");
+                }
+                if h.index >= 2 {
+                    profiles.extend(["apps", "demo"]);
+                }
+                Roles {
+                    profiles,
+                    servers: servers.clone(),
+                    env: vec![
+                        ("CONSUL_HTTP_BIND".into(), h.ip.to_string()),
+                        ("DOCKER_SOCKET".into(), h.docker_host.trim_start_matches("unix://").into()),
+                    ],
+                }
+            })
+            .collect();
+        std::thread::scope(|s| {
+            for (h, r) in hosts.all().iter().zip(&roles) {
+                s.spawn(move || h.compose(r, &["up", "-d", "--wait"]));
+            }
+        });
+        let lbs = [Lb::at(&format!("{}:80", hosts.host(1).ip)), Lb::at(&format!("{}:80", hosts.host(2).ip))];
+        let cluster = Self { hosts, roles, lbs, http: reqwest::Client::new() };
+        rt.block_on(cluster.converged());
+        cluster
+    }
+
+    fn host(&self, i: usize) -> &Host {
+        self.hosts.host(i)
+    }
+
+    fn compose(&self, i: usize, args: &[&str]) {
+        self.host(i).compose(&self.roles[i - 1], args);
+    }
+
+    /// `hello`'s running containers on host `i`, as the hostnames they answer with.
+    fn hellos(&self, i: usize) -> BTreeSet<String> {
+        let out = self.host(i).docker(&["ps", "-q", "--filter", "label=com.docker.compose.service=hello"]);
+        String::from_utf8_lossy(&out.stdout).lines().map(|id| id.chars().take(12).collect()).collect()
+    }
+
+    fn all_hellos(&self) -> BTreeSet<String> {
+        self.hellos(2).into_iter().chain(self.hellos(3)).collect()
+    }
+
+    /// Waits until both load balancers answer from exactly the running `hello`s.
+    async fn converged(&self) {
+        let want = self.all_hellos();
+        for lb in &self.lbs {
+            wait_for_set(lb, &want, Duration::from_secs(60)).await;
+        }
+    }
+
+    /// A JSON answer of the Consul API on host `i`.
+    async fn consul(&self, i: usize, path: &str) -> reqwest::Result<serde_json::Value> {
+        let url = format!("http://{}:8500{path}", self.host(i).ip);
+        self.http.get(url).timeout(Duration::from_secs(5)).send().await?.error_for_status()?.json().await
+    }
+
+    /// The leader's address as host `i`'s agent sees it ("" while there is none).
+    async fn leader(&self, i: usize) -> String {
+        self.consul(i, "/v1/status/leader").await.ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
+    }
+
+    /// Puts the cluster back together after a failed scenario: every host
+    /// plugged in, every container up, one `hello` per host.
+    async fn heal(&self) {
+        for h in self.hosts.all() {
+            self.hosts.mend(h.index);
+        }
+        for i in 1..=3 {
+            let _ = self.host(i).compose_command(&self.roles[i - 1], &["up", "-d", "--scale", "hello=1"]).output();
+        }
+        tokio::time::sleep(Duration::from_secs(20)).await;
+    }
+}
+
+/// Polls `lb` until the set of hostnames answering equals `want`.
+async fn wait_for_set(lb: &Lb, want: &BTreeSet<String>, within: Duration) -> Duration {
+    let start = Instant::now();
+    loop {
+        let seen = lb.hostnames("/hello", want.len() * 4).await;
+        if seen.as_ref().ok() == Some(want) {
+            return start.elapsed();
+        }
+        assert!(start.elapsed() < within, "{lb:?} answers from {seen:?}, not {want:?}, after {within:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Polls `lb` until `host` answers; the time it took.
+async fn wait_for_host(lb: &Lb, host: &str, within: Duration) -> Duration {
+    let start = Instant::now();
+    loop {
+        if let Answer::Host(h) = lb.get("/hello").await {
+            if h == host {
+                return start.elapsed();
+            }
+        }
+        assert!(start.elapsed() < within, "{host} not answering through {lb:?} after {within:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Requests from `clients` concurrent clients, each answer timestamped.
+struct TimedLoad {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    answers: Arc<Mutex<Vec<(Instant, Answer)>>>,
+}
+
+impl TimedLoad {
+    fn start(lb: &Lb, clients: usize) -> Self {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let answers = Arc::new(Mutex::new(Vec::new()));
+        let tasks = (0..clients)
+            .map(|_| {
+                let (lb, stop, answers) = (lb.clone(), stop.clone(), answers.clone());
+                tokio::spawn(async move {
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        let answer = lb.get("/hello").await;
+                        answers.lock().expect("answers").push((Instant::now(), answer));
+                    }
+                })
+            })
+            .collect();
+        Self { stop, tasks, answers }
+    }
+
+    async fn stop(self) -> Vec<(Instant, Answer)> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for t in self.tasks {
+            t.await.expect("load client");
+        }
+        std::mem::take(&mut *self.answers.lock().expect("answers"))
+    }
+}
+
+fn failures(answers: &[(Instant, Answer)]) -> Vec<&Answer> {
+    answers.iter().map(|(_, a)| a).filter(|a| !matches!(a, Answer::Host(_))).collect()
+}
+
+fn per_host(answers: &[(Instant, Answer)]) -> BTreeMap<&str, usize> {
+    let mut by = BTreeMap::new();
+    for (_, a) in answers {
+        if let Answer::Host(h) = a {
+            *by.entry(h.as_str()).or_default() += 1;
+        }
+    }
+    by
+}
+
+async fn routes_across_hosts(c: &Cluster) {
+    let (two, three) = (c.hellos(2), c.hellos(3));
+    assert_eq!((two.len(), three.len()), (1, 1), "one hello per host to start with");
+    // Both load balancers, each on its own host's agent, route both hosts' instances.
+    c.converged().await;
+    // A new instance on host 3 reaches both within a second of each other.
+    c.compose(3, &["up", "-d", "--no-recreate", "--scale", "hello=2"]);
+    let new = c.hellos(3).difference(&three).next().cloned().expect("a new hello on host 3");
+    let (a, b) = tokio::join!(
+        wait_for_host(&c.lbs[0], &new, Duration::from_secs(20)),
+        wait_for_host(&c.lbs[1], &new, Duration::from_secs(20))
+    );
+    println!("  new instance on host 3 answering: through host 1 after {a:?}, through host 2 after {b:?}");
+    assert!(a.abs_diff(b) <= Duration::from_secs(1), "the load balancers disagree for {:?}", a.abs_diff(b));
+    c.converged().await;
+}
+
+async fn scale_down_under_load(c: &Cluster) {
+    if c.hellos(3).len() < 2 {
+        c.compose(3, &["up", "-d", "--no-recreate", "--scale", "hello=2"]);
+        c.converged().await;
+    }
+    let load = [TimedLoad::start(&c.lbs[0], 2), TimedLoad::start(&c.lbs[1], 2)];
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    c.compose(3, &["up", "-d", "--no-recreate", "--scale", "hello=1"]);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for (i, l) in load.into_iter().enumerate() {
+        let answers = l.stop().await;
+        println!("  load balancer {}: {} answers {:?}", i + 1, answers.len(), per_host(&answers));
+        assert!(failures(&answers).is_empty(), "failed: {:?}", failures(&answers));
+    }
+    c.converged().await;
+}
+
+/// `(service ID, ModifyIndex)` of every `hello` instance in the catalog.
+async fn hello_indexes(c: &Cluster) -> BTreeMap<String, u64> {
+    let list = c.consul(1, "/v1/catalog/service/hello").await.expect("catalog");
+    list.as_array()
+        .expect("a list")
+        .iter()
+        .map(|s| {
+            (s["ServiceID"].as_str().unwrap_or_default().to_owned(), s["ModifyIndex"].as_u64().unwrap_or_default())
+        })
+        .collect()
+}
+
+async fn registrator_restart(c: &Cluster) {
+    let before = hello_indexes(c).await;
+    assert_eq!(before.len(), 2, "{before:?}");
+    let registrator = c.host(2).container_of("registrator");
+    let since =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs().to_string();
+    c.host(2).docker(&["restart", "-t", "5", &registrator]);
+    // Up again and done with its first resync, which must change nothing.
+    let start = Instant::now();
+    loop {
+        let logs = c.host(2).docker(&["logs", "--since", &since, &registrator]);
+        if String::from_utf8_lossy(&logs.stdout).contains("resynced")
+            || String::from_utf8_lossy(&logs.stderr).contains("resynced")
+        {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "registrator did not resync after its restart");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = hello_indexes(c).await;
+    assert_eq!(before, after, "a registrator restart re-registered or removed services");
+}
+
+async fn leader_killed(c: &Cluster) {
+    let leader = c.leader(1).await;
+    let leader_ip = leader.split(':').next().unwrap_or_default().to_owned();
+    let killed =
+        c.hosts.all().iter().find(|h| h.ip.to_string() == leader_ip).expect("the leader is one of the hosts").index;
+    let consul = c.host(killed).container_of("consul");
+    let load = [TimedLoad::start(&c.lbs[0], 2), TimedLoad::start(&c.lbs[1], 2)];
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    c.host(killed).docker(&["kill", &consul]);
+    let killed_at = Instant::now();
+    let survivor = if killed == 1 { 2 } else { 1 };
+    let new_leader = loop {
+        let l = c.leader(survivor).await;
+        if !l.is_empty() && l != leader {
+            break l;
+        }
+        assert!(killed_at.elapsed() < Duration::from_secs(30), "no new leader 30 s after the leader was killed");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    println!("  leader {leader} killed; {new_leader} elected after {:?}", killed_at.elapsed());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for (i, l) in load.into_iter().enumerate() {
+        let answers = l.stop().await;
+        println!("  load balancer {}: {} answers {:?}", i + 1, answers.len(), per_host(&answers));
+        assert!(failures(&answers).is_empty(), "failed while the leader was lost: {:?}", failures(&answers));
+    }
+    c.host(killed).docker(&["start", &consul]);
+    // Back in the cluster, and whatever of its host left the catalog registered again.
+    let start = Instant::now();
+    while c
+        .consul(killed, "/v1/status/leader")
+        .await
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
+        .is_empty()
+    {
+        assert!(start.elapsed() < Duration::from_secs(60), "the restarted server did not rejoin");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    c.converged().await;
+}
+
+async fn host_cut_off(c: &Cluster) {
+    let gone = c.hellos(3);
+    let load = TimedLoad::start(&c.lbs[0], 4);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    c.hosts.cut(3);
+    let cut_at = Instant::now();
+    // Consul's failure detection confirms after HAProxy's checks.
+    let start = Instant::now();
+    loop {
+        let checks = c.consul(1, "/v1/health/node/mh3").await.unwrap_or_default();
+        let serf = checks.as_array().and_then(|a| a.iter().find(|c| c["CheckID"] == "serfHealth").cloned());
+        if serf.is_none_or(|s| s["Status"] != "passing") {
+            println!("  Consul: node mh3 not passing after {:?}", cut_at.elapsed());
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "Consul did not notice the lost host");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(4).saturating_sub(cut_at.elapsed())).await;
+    let answers = load.stop().await;
+    let last_from_gone = answers
+        .iter()
+        .filter(|(at, a)| *at > cut_at && matches!(a, Answer::Host(h) if gone.contains(h)))
+        .map(|(at, _)| at.duration_since(cut_at))
+        .max()
+        .unwrap_or_default();
+    let failed_answers: Vec<_> = answers
+        .iter()
+        .filter(|(at, a)| *at > cut_at && !matches!(a, Answer::Host(_)))
+        .map(|(at, a)| (at.duration_since(cut_at), a))
+        .collect();
+    let failed = failed_answers.len();
+    println!("  failed: {failed_answers:?}");
+    println!(
+        "  host 3 cut off: its last answer {last_from_gone:?} after the cut; {failed} of {} requests failed",
+        answers.len()
+    );
+    assert!(last_from_gone <= Duration::from_secs(3), "host 3 still answered {last_from_gone:?} after it was cut off");
+    assert!(failed <= 4, "{failed} requests failed; at most the 4 in flight may");
+    // Back: once Consul sees its node again, its instances are routed again.
+    c.hosts.mend(3);
+    let start = Instant::now();
+    loop {
+        let checks = c.consul(1, "/v1/health/node/mh3").await.unwrap_or_default();
+        let serf = checks.as_array().and_then(|a| a.iter().find(|c| c["CheckID"] == "serfHealth").cloned());
+        if serf.is_some_and(|s| s["Status"] == "passing") {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(90), "Consul did not see host 3 come back");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let seen_at = Instant::now();
+    let host = gone.iter().next().expect("a hello on host 3").clone();
+    let back = wait_for_host(&c.lbs[0], &host, Duration::from_secs(30)).await;
+    println!("  host 3 back: node passing {:?} after the mend, routed {:?} after that", start.elapsed(), back);
+    assert!(seen_at.elapsed() < Duration::from_secs(30));
+    c.converged().await;
+}
+
+async fn guard_rails(c: &Cluster) {
+    // On host 3, a registrator pointed at host 1's server, and given host 2's address.
+    let h3 = c.host(3);
+    let sock = h3.docker_host.trim_start_matches("unix://").to_owned();
+    let out = h3.docker(&[
+        "run",
+        "-d",
+        "--network",
+        "host",
+        "-v",
+        &format!("{sock}:/var/run/docker.sock:ro"),
+        "-e",
+        "REGISTRATOR_OWNER=misplaced",
+        "-e",
+        "SERVICE_IGNORE=true",
+        "portolan/registrator:latest",
+        "--metrics-addr=",
+        &format!("-ip={}", c.host(2).ip),
+        "--tags=misplaced",
+        &format!("consul://{}:8500", c.host(1).ip),
+    ]);
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let start = Instant::now();
+    let logs = loop {
+        let out = h3.docker(&["logs", &id]);
+        let logs = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+        if logs.contains("registrator starting") || start.elapsed() > Duration::from_secs(20) {
+            break logs;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    h3.docker(&["rm", "-f", &id]);
+    // What it registered on host 1's agent goes, so the cluster is as before.
+    let services = c.consul(1, "/v1/agent/services").await.expect("agent services");
+    for id in services.as_object().into_iter().flat_map(|o| o.keys()).filter(|id| id.starts_with("misplaced:")) {
+        let url = format!("http://{}:8500/v1/agent/service/deregister/{id}", c.host(1).ip);
+        c.http.put(url).send().await.expect("deregister").error_for_status().expect("deregistered");
+    }
+    assert!(
+        logs.contains("node \"mh1\"") && logs.contains("a Consul server), not on this Docker host"),
+        "no warning about another host's agent:\n{logs}"
+    );
+    assert!(
+        logs.contains(&format!("-ip {} is not an address of this host (found: ", c.host(2).ip))
+            && logs.contains(&c.host(3).ip.to_string()),
+        "no warning about -ip:\n{logs}"
+    );
+}
