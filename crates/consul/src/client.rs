@@ -69,10 +69,21 @@ pub struct Client {
 
 impl Client {
     pub fn new(settings: &Settings) -> Result<Self, Error> {
-        let mut builder = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(3))
-            .pool_idle_timeout(Duration::from_secs(30))
-            .use_rustls_tls();
+        Self::build(settings, reqwest::Client::builder())
+    }
+
+    /// A client that finds the agent's addresses with `resolver`, asked at
+    /// every new connection (so an agent that moved is found again).
+    pub fn with_resolver<R: reqwest::dns::Resolve + 'static>(
+        settings: &Settings,
+        resolver: std::sync::Arc<R>,
+    ) -> Result<Self, Error> {
+        Self::build(settings, reqwest::Client::builder().dns_resolver(resolver))
+    }
+
+    fn build(settings: &Settings, builder: reqwest::ClientBuilder) -> Result<Self, Error> {
+        let mut builder =
+            builder.connect_timeout(Duration::from_secs(3)).pool_idle_timeout(Duration::from_secs(30)).use_rustls_tls();
         if let Some(ca) = &settings.ca_cert {
             let pem = read(ca, "CA certificate")?;
             let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| Error::Tls(e.to_string()))?;

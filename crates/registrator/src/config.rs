@@ -39,6 +39,11 @@ pub struct Args {
     /// Register addresses on this Docker network (SERVICE_NETWORK on a container wins).
     #[arg(long, env = "REGISTRATOR_NETWORK")]
     pub network: Option<String>,
+    /// Only talk to a Consul agent in a container on this Docker engine: of
+    /// the addresses the agent's host name resolves to, this engine's
+    /// containers' (a Swarm's global Consul service); wait while there is none.
+    #[arg(long, env = "REGISTRATOR_LOCAL_AGENT")]
+    pub local_agent: bool,
     /// Owner mark and service-ID prefix; default: the Docker engine's host name.
     #[arg(long, env = "REGISTRATOR_OWNER")]
     pub owner: Option<String>,

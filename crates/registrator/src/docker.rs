@@ -104,6 +104,43 @@ impl Engine {
     }
 }
 
+/// Resolves the Consul agent's host name for registrator: when it names
+/// several addresses (in a Swarm, a global Consul service's tasks), the ones
+/// of containers on this engine, i.e. this node's agent; otherwise all, as
+/// the system resolver answers. `only_here` (`--local-agent`): this engine's
+/// containers or nothing, so registrator waits for its own node's agent
+/// rather than register on another's. Asked at every new connection, so an
+/// agent task replaced at a new address is found again.
+#[derive(Clone, Debug)]
+pub struct OwnNodeFirst {
+    pub engine: Engine,
+    pub only_here: bool,
+}
+
+impl reqwest::dns::Resolve for OwnNodeFirst {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let this = self.clone();
+        Box::pin(async move {
+            let all: Vec<std::net::SocketAddr> = tokio::net::lookup_host((name.as_str(), 0)).await?.collect();
+            if all.len() < 2 && !this.only_here {
+                return Ok(Box::new(all.into_iter()) as reqwest::dns::Addrs);
+            }
+            let here = this.engine.container_addresses().await?;
+            let mine: Vec<_> = all.iter().filter(|a| here.contains(&a.ip())).copied().collect();
+            match (mine.is_empty(), this.only_here) {
+                (false, _) => Ok(Box::new(mine.into_iter()) as reqwest::dns::Addrs),
+                (true, false) => Ok(Box::new(all.into_iter()) as reqwest::dns::Addrs),
+                (true, true) => Err(format!(
+                    "none of the addresses {} resolves to ({}) is a container on this Docker engine (--local-agent)",
+                    name.as_str(),
+                    all.iter().map(|a| a.ip().to_string()).collect::<Vec<_>>().join(", ")
+                )
+                .into()),
+            }
+        })
+    }
+}
+
 fn convert(c: ContainerInspectResponse) -> Container {
     let config = c.config.unwrap_or_default();
     let settings = c.network_settings.unwrap_or_default();

@@ -8,7 +8,7 @@ use consul::Backoff;
 use prometheus_client::registry::Registry;
 use registrator::config::Args;
 use registrator::container::NetworkAddress;
-use registrator::docker::Engine;
+use registrator::docker::{Engine, OwnNodeFirst};
 use registrator::tags::ForceTags;
 use registrator::{Options, Registrar, Rules};
 use tokio_util::sync::CancellationToken;
@@ -29,7 +29,6 @@ async fn main() {
 
 async fn run(args: Args) -> anyhow::Result<()> {
     let settings = args.consul.settings().context("consul settings")?;
-    let consul = consul::Client::new(&settings)?;
     let shutdown = ops::shutdown_token();
 
     // Docker must answer before anything can be registered; wait for it
@@ -59,6 +58,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
             _ = backoff.wait() => {}
         }
     };
+    let consul = consul::Client::with_resolver(
+        &settings,
+        Arc::new(OwnNodeFirst { engine: engine.clone(), only_here: args.local_agent }),
+    )?;
     wait_for_consul(&consul, args.retry_attempts, Duration::from_millis(args.retry_interval), &shutdown).await?;
     if args.ttl.is_some() {
         warn!(
