@@ -5,6 +5,7 @@
 
 mod docker;
 mod haproxy;
+mod hosts;
 mod load;
 mod modes;
 mod plot;
@@ -43,6 +44,8 @@ enum Scenario {
     ApplyModes(modes::Opts),
     /// Discovery latency on the whole compose stack.
     Stack(stack::Opts),
+    /// Across Docker hosts: a three-host cluster and a two-node Swarm (scripts/hosts).
+    Hosts(hosts::Opts),
     /// Idle memory of the demo service and the images' sizes.
     Footprint,
     /// Writes REPORT.md and its plots into DIR from the results in --out.
@@ -78,6 +81,7 @@ async fn main() -> anyhow::Result<()> {
             eprintln!("wrote {}", png.display());
         }
         Scenario::Stack(opts) => write(&cli.out, "stack", &stack::run(opts).await?)?,
+        Scenario::Hosts(opts) => write(&cli.out, "hosts", &hosts::run(opts).await?)?,
         Scenario::Footprint => write(&cli.out, "footprint", &report::footprint(&cli.bin_dir).await?)?,
         Scenario::Report { dir } => report::write(&cli.out, dir, "scripts/bench report")?,
         Scenario::All { dir } => {
@@ -102,6 +106,8 @@ async fn main() -> anyhow::Result<()> {
             write(&cli.out, "apply-modes", &modes::run(&modes_opts, &cli.out).await?)?;
             write(&cli.out, "footprint", &report::footprint(&cli.bin_dir).await?)?;
             write(&cli.out, "stack", &stack::run(&stack::Opts { starts: 50 }).await?)?;
+            let hosts_opts = hosts::Opts { starts: 30, cuts: 3, leader_kills: 3, swarm_scales: 5 };
+            write(&cli.out, "hosts", &hosts::run(&hosts_opts).await?)?;
             write(&cli.out, "run", &serde_json::json!({ "scenarios_seconds": started.elapsed().as_secs_f64() }))?;
             report::write(&cli.out, dir, "scripts/bench")?;
         }

@@ -89,6 +89,82 @@ fn pcts(v: &Value) -> String {
     )
 }
 
+fn list(v: &Value) -> String {
+    let items: Vec<String> = v.as_array().into_iter().flatten().map(Value::to_string).collect();
+    if items.is_empty() { "–".into() } else { items.join(", ") }
+}
+
+fn across_hosts(md: &mut String, h: &Value, dir: &Path) -> anyhow::Result<()> {
+    writeln!(md, "## Across hosts (`portolan-bench hosts`)\n")?;
+    writeln!(
+        md,
+        "Docker hosts made by `scripts/hosts` (each a network namespace with its own address and Docker engine, on one bridge as a LAN). \
+         Three hosts run `compose/cluster.yml`: a Consul server on each, `hello` on hosts 2 and 3 registered by each host's registrator at the host's address, \
+         load balancers on hosts 1 and 2, each reading its own host's agent. Two more make a Swarm running `compose/stack.yml`. \
+         Load: closed-loop clients through host 1's load balancer (4 while a host is cut, 2 per load balancer while the leader is killed, 1 while Swarm scales). \
+         Start times are the engine's `start` events; an instance counts as answering at the first request it answers through the load balancer (polled every 5 ms).\n"
+    )?;
+    writeln!(md, "| Figure | Measured | Target |\n|---|---|---|")?;
+    writeln!(
+        md,
+        "| container started on host 3 (`docker run -p :80`) → answering through the load balancer on host 1 | {} | p50 ≤ 100 ms, p99 ≤ 250 ms |",
+        pcts(&h["start_to_routed"])
+    )?;
+    writeln!(
+        md,
+        "| host 3 cut off → its last answer through the load balancer | {} | ≤ 2 s |",
+        pcts(&h["cut_to_last_answer"])
+    )?;
+    writeln!(
+        md,
+        "| requests failed when host 3 was cut off (of all sent in each run) | {} (of {}) | at most those in flight (4 clients) |",
+        list(&h["cut_failed"]),
+        list(&h["cut_requests"])
+    )?;
+    writeln!(
+        md,
+        "| host 3 cut off → Consul's node check not passing | {} | after HAProxy's checks |",
+        pcts(&h["cut_to_consul_not_passing"])
+    )?;
+    writeln!(
+        md,
+        "| host 3 plugged back → Consul's node check passing | {} | (Consul's gossip) |",
+        pcts(&h["mend_to_consul_passing"])
+    )?;
+    writeln!(
+        md,
+        "| Consul's node check passing → host 3's instance answering again | {} | ≤ 2 s |",
+        pcts(&h["passing_to_routed"])
+    )?;
+    writeln!(
+        md,
+        "| Consul leader killed: requests failed (of all sent) | {} (of {}) | 0 |",
+        list(&h["leader_failed"]),
+        list(&h["leader_requests"])
+    )?;
+    writeln!(md, "| Consul leader killed → a new leader | {} | |", pcts(&h["leader_to_new_leader"]))?;
+    writeln!(
+        md,
+        "| Swarm: `docker service scale` 1 → 4, each new task's `start` → answering | {} | p99 ≤ 500 ms (Traefik polls Swarm every 15 s) |",
+        pcts(&h["swarm_start_to_routed"])
+    )?;
+    writeln!(
+        md,
+        "| Swarm: requests failed while scaling 1 → 4 → 1 (of all sent) | {} (of {}) | 0 |\n",
+        h["swarm_failed"], h["swarm_requests"]
+    )?;
+    crate::plot::latency_histogram(
+        &[
+            ("start on host 3 → routed on host 1", &h["start_to_routed"]),
+            ("Swarm task start → routed", &h["swarm_start_to_routed"]),
+            ("host cut → its last answer", &h["cut_to_last_answer"]),
+        ],
+        &dir.join("hosts-latency.png"),
+    )?;
+    writeln!(md, "![across hosts: latency histograms](hosts-latency.png)\n")?;
+    Ok(())
+}
+
 /// Writes `report` (Markdown) and its plots into `dir`, from the results in `out`.
 pub fn write(out: &Path, dir: &Path, command: &str) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir)?;
@@ -112,11 +188,11 @@ pub fn write(out: &Path, dir: &Path, command: &str) -> anyhow::Result<()> {
     writeln!(md, "- {}\n", sh("consul version | head -1"))?;
     writeln!(
         md,
-        "Reproduce with `scripts/bench` (every scenario at these sizes), or one scenario with `scripts/bench <registrator|haproxy-sync|apply-modes|stack|footprint>` and then `scripts/bench report`. Raw results: `bench/out/*.json`.\n"
+        "Reproduce with `scripts/bench` (every scenario at these sizes), or one scenario with `scripts/bench <registrator|haproxy-sync|apply-modes|stack|hosts|footprint>` and then `scripts/bench report`. Raw results: `bench/out/*.json`.\n"
     )?;
     writeln!(
         md,
-        "Everything runs on this one machine: Consul dev agents and HAProxy on loopback, containers on Docker networks of the run's own, load from the benchmark process itself.\n",
+        "Everything runs on this one machine: Consul dev agents and HAProxy on loopback, containers on Docker networks of the run's own, load from the benchmark process itself; across hosts, Docker hosts made on this machine as network namespaces with engines of their own.\n",
     )?;
     if let Some(seconds) = read(out, "run")["scenarios_seconds"].as_f64() {
         writeln!(
@@ -153,6 +229,10 @@ pub fn write(out: &Path, dir: &Path, command: &str) -> anyhow::Result<()> {
             &dir.join("stack-latency.png"),
         )?;
         writeln!(md, "![whole-stack latency histograms](stack-latency.png)\n")?;
+    }
+    let hosts = read(out, "hosts");
+    if !hosts.is_null() {
+        across_hosts(&mut md, &hosts, dir)?;
     }
     if !reg.is_null() {
         writeln!(md, "## registrator (`portolan-bench registrator`)\n")?;

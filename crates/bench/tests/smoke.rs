@@ -72,16 +72,31 @@ fn every_scenario_runs_small_and_the_report_is_written() {
         assert_eq!(run["events"].as_array().unwrap().len(), 4, "{run}");
     }
 
+    bench(&out, &["hosts", "--starts", "2", "--cuts", "1", "--leader-kills", "1", "--swarm-scales", "1"]);
+    let hosts = json(&out, "hosts");
+    assert_eq!(hosts["start_to_routed"]["n"], 2, "{hosts}");
+    assert_eq!(hosts["cut_to_last_answer"]["n"], 1, "{hosts}");
+    assert_eq!(hosts["passing_to_routed"]["n"], 1, "{hosts}");
+    assert_eq!(hosts["leader_to_new_leader"]["n"], 1, "{hosts}");
+    assert_eq!(hosts["swarm_start_to_routed"]["n"], 3, "{hosts}");
+
     bench(&out, &["footprint"]);
     assert!(json(&out, "footprint")["demo_service_rss_mib"].as_f64().unwrap() > 0.0);
 
     let dir = out.join("report");
     bench(&out, &["report", "--dir", dir.to_str().unwrap()]);
     let report = std::fs::read_to_string(dir.join("REPORT.md")).unwrap();
-    for section in ["## Machine", "## registrator", "## haproxy-sync", "## Zero loss under change", "## Footprint"] {
+    for section in [
+        "## Machine",
+        "## Across hosts",
+        "## registrator",
+        "## haproxy-sync",
+        "## Zero loss under change",
+        "## Footprint",
+    ] {
         assert!(report.contains(section), "{section} missing from\n{report}");
     }
-    for png in ["latency.png", "growth.png", "registrator-growth.png", "apply-modes.png"] {
+    for png in ["hosts-latency.png", "latency.png", "growth.png", "registrator-growth.png", "apply-modes.png"] {
         assert!(std::fs::metadata(dir.join(png)).unwrap().len() > 1000, "{png}");
     }
     let _ = std::fs::remove_dir_all(&out);

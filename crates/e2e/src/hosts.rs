@@ -2,11 +2,17 @@
 //! namespace with its own address and Docker engine, the project's images
 //! loaded. [`Hosts`] makes them and always removes them, on success, failure
 //! or panic; [`Host`] runs `docker` and the many-host compose file
-//! (`compose/cluster.yml`) on one of them.
+//! (`compose/cluster.yml`) on one of them; [`Cluster`] is the three-host
+//! layout the tests and the benchmark share.
 
+use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::process::{Command, Output};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::{Answer, Lb};
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -213,4 +219,251 @@ fn checked(mut cmd: Command, args: &[&str]) -> Output {
         String::from_utf8_lossy(&out.stderr)
     );
     out
+}
+
+/// Three hosts, each a Consul server; `hello` on 2 and 3; load balancers on 1 and 2.
+pub struct Cluster {
+    pub hosts: Hosts,
+    roles: Vec<Roles>,
+    /// The load balancers of hosts 1 and 2.
+    pub lbs: [Lb; 2],
+    pub http: reqwest::Client,
+}
+
+impl Cluster {
+    /// Makes the hosts (set `set` on `lan`, as [`Hosts::up`]) and starts
+    /// every role; returns once both load balancers route every `hello`.
+    pub async fn up(set: &str, lan: &str) -> Self {
+        let hosts = Hosts::up(set, lan, 3);
+        let servers: Vec<_> = hosts.all().iter().map(|h| h.ip).collect();
+        let roles: Vec<Roles> = hosts
+            .all()
+            .iter()
+            .map(|h| {
+                let mut profiles = vec!["server"];
+                if h.index <= 2 {
+                    profiles.push("lb");
+                }
+                if h.index >= 2 {
+                    profiles.extend(["apps", "demo"]);
+                }
+                Roles {
+                    profiles,
+                    servers: servers.clone(),
+                    env: vec![
+                        ("CONSUL_HTTP_BIND".into(), h.ip.to_string()),
+                        ("DOCKER_SOCKET".into(), h.docker_host.trim_start_matches("unix://").into()),
+                    ],
+                }
+            })
+            .collect();
+        std::thread::scope(|s| {
+            for (h, r) in hosts.all().iter().zip(&roles) {
+                s.spawn(move || h.compose(r, &["up", "-d", "--wait"]));
+            }
+        });
+        let lbs = [Lb::at(&format!("{}:80", hosts.host(1).ip)), Lb::at(&format!("{}:80", hosts.host(2).ip))];
+        let cluster = Self { hosts, roles, lbs, http: reqwest::Client::new() };
+        cluster.converged().await;
+        cluster
+    }
+
+    pub fn host(&self, i: usize) -> &Host {
+        self.hosts.host(i)
+    }
+
+    pub fn compose(&self, i: usize, args: &[&str]) {
+        self.host(i).compose(&self.roles[i - 1], args);
+    }
+
+    /// `hello`'s running containers on host `i`, as the hostnames they answer with.
+    pub fn hellos(&self, i: usize) -> BTreeSet<String> {
+        let out = self.host(i).docker(&["ps", "-q", "--filter", "label=com.docker.compose.service=hello"]);
+        String::from_utf8_lossy(&out.stdout).lines().map(|id| id.chars().take(12).collect()).collect()
+    }
+
+    pub fn all_hellos(&self) -> BTreeSet<String> {
+        self.hellos(2).into_iter().chain(self.hellos(3)).collect()
+    }
+
+    /// Waits until both load balancers answer from exactly the running `hello`s.
+    pub async fn converged(&self) {
+        let want = self.all_hellos();
+        for lb in &self.lbs {
+            wait_for_set(lb, &want, Duration::from_secs(60)).await;
+        }
+    }
+
+    /// A JSON answer of the Consul API on host `i`.
+    pub async fn consul(&self, i: usize, path: &str) -> reqwest::Result<serde_json::Value> {
+        let url = format!("http://{}:8500{path}", self.host(i).ip);
+        self.http.get(url).timeout(Duration::from_secs(5)).send().await?.error_for_status()?.json().await
+    }
+
+    /// Waits until the servers can lose one of them: three voters, all
+    /// healthy (a server back from an outage votes again only once Consul's
+    /// autopilot has seen it stable for a while).
+    pub async fn tolerates_a_failure(&self) {
+        let start = Instant::now();
+        loop {
+            let health = self.consul(1, "/v1/operator/autopilot/health").await.unwrap_or_default();
+            let voters = health["Servers"].as_array().into_iter().flatten().filter(|s| s["Voter"] == true).count();
+            if health["FailureTolerance"].as_u64().unwrap_or(0) >= 1 && health["Healthy"] == true && voters == 3 {
+                return;
+            }
+            assert!(start.elapsed() < Duration::from_secs(90), "Consul's servers cannot lose one: {health}");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    /// The leader's address as host `i`'s agent sees it ("" while there is none).
+    pub async fn leader(&self, i: usize) -> String {
+        self.consul(i, "/v1/status/leader").await.ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
+    }
+
+    /// Puts the cluster back together after a failed scenario: every host
+    /// plugged in, every container up, one `hello` per host.
+    pub async fn heal(&self) {
+        for h in self.hosts.all() {
+            self.hosts.mend(h.index);
+        }
+        for i in 1..=3 {
+            let _ = self.host(i).compose_command(&self.roles[i - 1], &["up", "-d", "--scale", "hello=1"]).output();
+        }
+        tokio::time::sleep(Duration::from_secs(20)).await;
+    }
+}
+
+/// Polls `lb` until the set of hostnames answering equals `want`.
+pub async fn wait_for_set(lb: &Lb, want: &BTreeSet<String>, within: Duration) -> Duration {
+    let start = Instant::now();
+    loop {
+        let seen = lb.hostnames("/hello", want.len() * 4).await;
+        if seen.as_ref().ok() == Some(want) {
+            return start.elapsed();
+        }
+        assert!(start.elapsed() < within, "{lb:?} answers from {seen:?}, not {want:?}, after {within:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Polls `lb` until `host` answers; the time it took.
+pub async fn wait_for_host(lb: &Lb, host: &str, within: Duration) -> Duration {
+    let start = Instant::now();
+    loop {
+        if let Answer::Host(h) = lb.get("/hello").await {
+            if h == host {
+                return start.elapsed();
+            }
+        }
+        assert!(start.elapsed() < within, "{host} not answering through {lb:?} after {within:?}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Requests from `clients` concurrent clients, each answer timestamped.
+pub struct TimedLoad {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    answers: Arc<Mutex<Vec<(Instant, Answer)>>>,
+}
+
+impl TimedLoad {
+    pub fn start(lb: &Lb, clients: usize) -> Self {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let answers = Arc::new(Mutex::new(Vec::new()));
+        let tasks = (0..clients)
+            .map(|_| {
+                let (lb, stop, answers) = (lb.clone(), stop.clone(), answers.clone());
+                tokio::spawn(async move {
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        let answer = lb.get("/hello").await;
+                        answers.lock().expect("answers").push((Instant::now(), answer));
+                    }
+                })
+            })
+            .collect();
+        Self { stop, tasks, answers }
+    }
+
+    pub async fn stop(self) -> Vec<(Instant, Answer)> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for t in self.tasks {
+            t.await.expect("load client");
+        }
+        std::mem::take(&mut *self.answers.lock().expect("answers"))
+    }
+}
+
+/// `compose/stack.yml` deployed as stack `portolan` on a Swarm of `n` hosts:
+/// node 1 a Consul server and the load balancer, the others client agents.
+pub struct Swarm {
+    pub hosts: Hosts,
+    /// The load balancer on node 1.
+    pub lb: Lb,
+    /// Swarm node IDs, by host (index 0: host 1).
+    pub node_ids: Vec<String>,
+}
+
+impl Swarm {
+    pub const STACK: &str = "portolan";
+    /// The overlay network's subnet (the stack file's default).
+    pub const MESH: &str = "10.210.0.0/16";
+
+    /// Makes the hosts, the Swarm and the stack; returns once the first
+    /// `hello` task answers through the load balancer.
+    pub async fn up(set: &str, lan: &str, n: usize) -> Self {
+        let hosts = Hosts::up(set, lan, n);
+        hosts.swarm();
+        let node_ids: Vec<String> = hosts
+            .all()
+            .iter()
+            .map(|h| String::from_utf8_lossy(&h.docker(&["info", "-f", "{{.Swarm.NodeID}}"]).stdout).trim().to_owned())
+            .collect();
+        let one = hosts.host(1);
+        one.docker(&["node", "update", "--label-add", "consul=server", "--label-add", "lb=true", &node_ids[0]]);
+        // No registry: the nodes use the images loaded into them.
+        let mut deploy = one.docker_command(&["stack", "deploy", "--resolve-image", "never", "-c"]);
+        deploy.arg(root().join("compose/stack.yml")).arg(Self::STACK);
+        // Each node's registrator mounts that node's engine socket (scripts/hosts swarm).
+        deploy.env("DOCKER_SOCKET", format!("/tmp/portolan-hosts/{set}/nodes/{{{{.Node.ID}}}}.sock"));
+        checked(deploy, &["stack", "deploy"]);
+        let lb = Lb::at(&format!("{}:80", one.ip));
+        let swarm = Self { hosts, lb, node_ids };
+        let start = Instant::now();
+        while swarm.tasks().is_empty() {
+            assert!(start.elapsed() < Duration::from_secs(90), "no hello task started");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        let want: BTreeSet<String> = swarm.tasks().into_keys().collect();
+        wait_for_set(&swarm.lb, &want, Duration::from_secs(90)).await;
+        swarm
+    }
+
+    /// Running `hello` tasks: hostname (short container ID) → host index.
+    pub fn tasks(&self) -> std::collections::BTreeMap<String, usize> {
+        let mut by = std::collections::BTreeMap::new();
+        for h in self.hosts.all() {
+            let filter = format!("label=com.docker.swarm.service.name={}_hello", Self::STACK);
+            let out = h.docker(&["ps", "-q", "--filter", &filter]);
+            for id in String::from_utf8_lossy(&out.stdout).lines() {
+                by.insert(id.chars().take(12).collect(), h.index);
+            }
+        }
+        by
+    }
+
+    /// `docker service scale portolan_hello=n`, not waiting for it.
+    pub fn scale(&self, n: usize) {
+        self.hosts.host(1).docker(&["service", "scale", "--detach", &format!("{}_hello={n}", Self::STACK)]);
+    }
+
+    /// `consul <args>` in the Consul server's task (node 1).
+    pub fn consul(&self, args: &[&str]) -> String {
+        let one = self.hosts.host(1);
+        let id = one.container_of("consul-server");
+        let mut all = vec!["exec", id.as_str(), "consul"];
+        all.extend_from_slice(args);
+        String::from_utf8_lossy(&one.docker(&all).stdout).into_owned()
+    }
 }

@@ -10,15 +10,14 @@
 //! removed at the end whatever happened (`harness = false`: this file is its
 //! own test runner). Arguments filter scenarios by name, as with libtest.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use e2e::hosts::{Host, Hosts, Roles};
-use e2e::{Answer, Lb};
+use e2e::Answer;
+use e2e::hosts::{Cluster, TimedLoad, wait_for_host};
 
 type Scenario = for<'a> fn(&'a Cluster) -> Pin<Box<dyn Future<Output = ()> + 'a>>;
 
@@ -28,6 +27,7 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     ("a_restarted_registrator_touches_only_its_hosts_services", |c| Box::pin(registrator_restart(c))),
     ("the_consul_leader_killed_under_load_fails_nothing", |c| Box::pin(leader_killed(c))),
     ("a_host_cut_off_leaves_the_rotation_and_comes_back", |c| Box::pin(host_cut_off(c))),
+    ("a_host_that_leaves_leaves_nothing_behind", |c| Box::pin(host_leaves(c))),
     ("registrator_warns_about_another_hosts_agent_and_a_wrong_ip", |c| Box::pin(guard_rails(c))),
 ];
 
@@ -49,7 +49,7 @@ fn main() {
         return;
     }
     let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let cluster = Cluster::up(&rt);
+    let cluster = rt.block_on(Cluster::up("mh", "10.89.1"));
     let mut failed = Vec::new();
     for (name, scenario) in &chosen {
         println!("scenario {name} ...");
@@ -72,161 +72,6 @@ fn main() {
     println!("{} scenarios, {} failed {failed:?}", chosen.len(), failed.len());
     if !failed.is_empty() {
         std::process::exit(101);
-    }
-}
-
-/// Three hosts, each a Consul server; `hello` on 2 and 3; load balancers on 1 and 2.
-struct Cluster {
-    hosts: Hosts,
-    roles: Vec<Roles>,
-    lbs: [Lb; 2],
-    http: reqwest::Client,
-}
-
-impl Cluster {
-    fn up(rt: &tokio::runtime::Runtime) -> Self {
-        let hosts = Hosts::up("mh", "10.89.1", 3);
-        let servers: Vec<_> = hosts.all().iter().map(|h| h.ip).collect();
-        let roles: Vec<Roles> = hosts
-            .all()
-            .iter()
-            .map(|h| {
-                let mut profiles = vec!["server"];
-                if h.index <= 2 {
-                    profiles.push("lb");
-                }
-                if h.index >= 2 {
-                    profiles.extend(["apps", "demo"]);
-                }
-                Roles {
-                    profiles,
-                    servers: servers.clone(),
-                    env: vec![
-                        ("CONSUL_HTTP_BIND".into(), h.ip.to_string()),
-                        ("DOCKER_SOCKET".into(), h.docker_host.trim_start_matches("unix://").into()),
-                    ],
-                }
-            })
-            .collect();
-        std::thread::scope(|s| {
-            for (h, r) in hosts.all().iter().zip(&roles) {
-                s.spawn(move || h.compose(r, &["up", "-d", "--wait"]));
-            }
-        });
-        let lbs = [Lb::at(&format!("{}:80", hosts.host(1).ip)), Lb::at(&format!("{}:80", hosts.host(2).ip))];
-        let cluster = Self { hosts, roles, lbs, http: reqwest::Client::new() };
-        rt.block_on(cluster.converged());
-        cluster
-    }
-
-    fn host(&self, i: usize) -> &Host {
-        self.hosts.host(i)
-    }
-
-    fn compose(&self, i: usize, args: &[&str]) {
-        self.host(i).compose(&self.roles[i - 1], args);
-    }
-
-    /// `hello`'s running containers on host `i`, as the hostnames they answer with.
-    fn hellos(&self, i: usize) -> BTreeSet<String> {
-        let out = self.host(i).docker(&["ps", "-q", "--filter", "label=com.docker.compose.service=hello"]);
-        String::from_utf8_lossy(&out.stdout).lines().map(|id| id.chars().take(12).collect()).collect()
-    }
-
-    fn all_hellos(&self) -> BTreeSet<String> {
-        self.hellos(2).into_iter().chain(self.hellos(3)).collect()
-    }
-
-    /// Waits until both load balancers answer from exactly the running `hello`s.
-    async fn converged(&self) {
-        let want = self.all_hellos();
-        for lb in &self.lbs {
-            wait_for_set(lb, &want, Duration::from_secs(60)).await;
-        }
-    }
-
-    /// A JSON answer of the Consul API on host `i`.
-    async fn consul(&self, i: usize, path: &str) -> reqwest::Result<serde_json::Value> {
-        let url = format!("http://{}:8500{path}", self.host(i).ip);
-        self.http.get(url).timeout(Duration::from_secs(5)).send().await?.error_for_status()?.json().await
-    }
-
-    /// The leader's address as host `i`'s agent sees it ("" while there is none).
-    async fn leader(&self, i: usize) -> String {
-        self.consul(i, "/v1/status/leader").await.ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
-    }
-
-    /// Puts the cluster back together after a failed scenario: every host
-    /// plugged in, every container up, one `hello` per host.
-    async fn heal(&self) {
-        for h in self.hosts.all() {
-            self.hosts.mend(h.index);
-        }
-        for i in 1..=3 {
-            let _ = self.host(i).compose_command(&self.roles[i - 1], &["up", "-d", "--scale", "hello=1"]).output();
-        }
-        tokio::time::sleep(Duration::from_secs(20)).await;
-    }
-}
-
-/// Polls `lb` until the set of hostnames answering equals `want`.
-async fn wait_for_set(lb: &Lb, want: &BTreeSet<String>, within: Duration) -> Duration {
-    let start = Instant::now();
-    loop {
-        let seen = lb.hostnames("/hello", want.len() * 4).await;
-        if seen.as_ref().ok() == Some(want) {
-            return start.elapsed();
-        }
-        assert!(start.elapsed() < within, "{lb:?} answers from {seen:?}, not {want:?}, after {within:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// Polls `lb` until `host` answers; the time it took.
-async fn wait_for_host(lb: &Lb, host: &str, within: Duration) -> Duration {
-    let start = Instant::now();
-    loop {
-        if let Answer::Host(h) = lb.get("/hello").await {
-            if h == host {
-                return start.elapsed();
-            }
-        }
-        assert!(start.elapsed() < within, "{host} not answering through {lb:?} after {within:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// Requests from `clients` concurrent clients, each answer timestamped.
-struct TimedLoad {
-    stop: Arc<std::sync::atomic::AtomicBool>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-    answers: Arc<Mutex<Vec<(Instant, Answer)>>>,
-}
-
-impl TimedLoad {
-    fn start(lb: &Lb, clients: usize) -> Self {
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let answers = Arc::new(Mutex::new(Vec::new()));
-        let tasks = (0..clients)
-            .map(|_| {
-                let (lb, stop, answers) = (lb.clone(), stop.clone(), answers.clone());
-                tokio::spawn(async move {
-                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                        let answer = lb.get("/hello").await;
-                        answers.lock().expect("answers").push((Instant::now(), answer));
-                    }
-                })
-            })
-            .collect();
-        Self { stop, tasks, answers }
-    }
-
-    async fn stop(self) -> Vec<(Instant, Answer)> {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        for t in self.tasks {
-            t.await.expect("load client");
-        }
-        std::mem::take(&mut *self.answers.lock().expect("answers"))
     }
 }
 
@@ -315,6 +160,7 @@ async fn registrator_restart(c: &Cluster) {
 }
 
 async fn leader_killed(c: &Cluster) {
+    c.tolerates_a_failure().await;
     let leader = c.leader(1).await;
     let leader_ip = leader.split(':').next().unwrap_or_default().to_owned();
     let killed =
@@ -413,6 +259,44 @@ async fn host_cut_off(c: &Cluster) {
     let back = wait_for_host(&c.lbs[0], &host, Duration::from_secs(30)).await;
     println!("  host 3 back: node passing {:?} after the mend, routed {:?} after that", start.elapsed(), back);
     assert!(seen_at.elapsed() < Duration::from_secs(30));
+    c.converged().await;
+}
+
+async fn host_leaves(c: &Cluster) {
+    c.tolerates_a_failure().await;
+    let stays = c.hellos(2);
+    let load = TimedLoad::start(&c.lbs[0], 2);
+    // Everything on host 3 stops: its services, registrator, its Consul server.
+    c.compose(3, &["down", "-t", "5"]);
+    let start = Instant::now();
+    loop {
+        let nodes = c.consul(1, "/v1/catalog/nodes").await.unwrap_or_default();
+        let services = c.consul(1, "/v1/catalog/service/hello").await.unwrap_or_default();
+        let mh3_node = nodes.as_array().into_iter().flatten().any(|n| n["Node"] == "mh3");
+        let mh3_services = services.as_array().into_iter().flatten().filter(|s| s["Node"] == "mh3").count();
+        if !mh3_node && mh3_services == 0 {
+            println!("  host 3 gone from Consul's catalog {:?} after compose down returned", start.elapsed());
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "host 3 still in the catalog: node {mh3_node}, {mh3_services} services"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for lb in &c.lbs {
+        e2e::hosts::wait_for_set(lb, &stays, Duration::from_secs(10)).await;
+    }
+    let answers = load.stop().await;
+    println!("  {} answers {:?}", answers.len(), per_host(&answers));
+    assert!(failures(&answers).is_empty(), "failed while host 3 left: {:?}", failures(&answers));
+    // Back, as it was.
+    c.compose(3, &["up", "-d", "--wait"]);
+    let start = Instant::now();
+    while c.leader(3).await.is_empty() {
+        assert!(start.elapsed() < Duration::from_secs(60), "host 3's server did not rejoin");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     c.converged().await;
 }
 
