@@ -211,7 +211,18 @@ impl Client {
     /// The services registered on `node`; `None` when the catalog has no
     /// such node (any more).
     pub async fn node_services(&self, node: &str) -> Result<Indexed<Option<NodeServices>>, Error> {
-        self.blocking(format!("v1/catalog/node/{}", encode(node)), &[], 0, Duration::ZERO).await
+        self.node_services_since(node, 0, Duration::ZERO).await
+    }
+
+    /// [`Client::node_services`] as a blocking query: answers once the
+    /// node's entry changes past `index`, or after `wait`.
+    pub async fn node_services_since(
+        &self,
+        node: &str,
+        index: u64,
+        wait: Duration,
+    ) -> Result<Indexed<Option<NodeServices>>, Error> {
+        self.blocking(format!("v1/catalog/node/{}", encode(node)), &[], index, wait).await
     }
 
     async fn blocking<T: DeserializeOwned>(

@@ -70,13 +70,62 @@ pub struct HostAgent {
     client: consul::Client,
     /// The agent's node; `None`: the agent alone is asked.
     node: Option<String>,
-    /// Services seen in the catalog since they were last reported lost.
-    in_catalog: Mutex<HashSet<String>>,
+    /// Services seen in the catalog since they were last reported lost,
+    /// by the looks and by [`follow_catalog`].
+    in_catalog: Arc<Mutex<HashSet<String>>>,
+    /// Told each time the agent answers a look.
+    answered: Arc<tokio::sync::Notify>,
 }
 
 impl HostAgent {
     pub fn new(client: consul::Client, node: Option<String>) -> Self {
-        Self { client, node, in_catalog: Mutex::default() }
+        Self { client, node, in_catalog: Arc::default(), answered: Arc::default() }
+    }
+}
+
+/// Follows this node's entry in the catalog (a blocking query) and asks the
+/// loop for a look at the agent whenever the catalog lost services (the
+/// node reaped, and back): what the agent still holds is registered again
+/// at once, not at the next `--verify`. After a failure it asks again only
+/// once the agent has answered one of the loop's looks (and after a growing
+/// pause): an agent that is down is probed by the loop alone, and servers
+/// out of reach (this host cut off) are asked at most once per look.
+async fn follow_catalog(agent: &HostAgent, node: String, tx: mpsc::UnboundedSender<Work>, shutdown: CancellationToken) {
+    let (client, in_catalog) = (&agent.client, &agent.in_catalog);
+    let mut index = 0;
+    let mut known: Option<HashSet<String>> = None;
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+    loop {
+        let answer = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            answer = client.node_services_since(&node, index, Duration::from_secs(300)) => answer,
+        };
+        match answer {
+            Ok(answer) => {
+                backoff.reset();
+                // An index that went back (a restarted cluster) starts over.
+                index = if answer.index < index { 0 } else { answer.index };
+                let now: HashSet<String> = answer.value.map(|n| n.services.into_keys().collect()).unwrap_or_default();
+                in_catalog.lock().unwrap_or_else(std::sync::PoisonError::into_inner).extend(now.iter().cloned());
+                if known.as_ref().is_some_and(|before| before.iter().any(|id| !now.contains(id))) {
+                    debug!(%node, "the catalog lost services of this node; looking at the agent");
+                    if tx.send(Work::CatalogLost).is_err() {
+                        return;
+                    }
+                }
+                known = Some(now);
+            }
+            Err(e) => {
+                debug!(%node, error = %e, "following this node in the catalog");
+                let answered = agent.answered.notified();
+                tokio::pin!(answered);
+                answered.as_mut().enable();
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = async { backoff.wait().await; answered.await } => {}
+                }
+            }
+        }
     }
 }
 
@@ -104,6 +153,7 @@ pub fn lost_from_catalog(
 impl Agent for HostAgent {
     async fn services(&self) -> Result<HashMap<String, AgentService>, consul::Error> {
         let mut held = self.client.agent_services().await?;
+        self.answered.notify_waiters();
         let Some(node) = &self.node else { return Ok(held) };
         // The servers may be out of reach (this host cut off): then the agent's word stands.
         let Ok(answer) = self.client.node_services(node).await else { return Ok(held) };
@@ -153,8 +203,14 @@ pub struct Options {
 /// (re)connected, after which everything is looked at again.
 #[derive(Clone, Debug)]
 pub enum Work {
-    Event { action: String, id: String, attributes: HashMap<String, String> },
+    Event {
+        action: String,
+        id: String,
+        attributes: HashMap<String, String>,
+    },
     Connected,
+    /// The catalog lost services of this node: look at the agent now.
+    CatalogLost,
 }
 
 /// What `/health` shows, published by the loop after every round.
@@ -339,9 +395,16 @@ fn short(id: &str) -> &str {
 /// backoff, and looking at everything after every reconnect) and reconciles.
 pub async fn run(registrar: Arc<Registrar>, opts: Options, shutdown: CancellationToken) {
     let (tx, rx) = mpsc::unbounded_channel();
+    let catalog = registrar.agent.node.clone().map(|node| {
+        let (registrar, tx, shutdown) = (registrar.clone(), tx.clone(), shutdown.clone());
+        tokio::spawn(async move { follow_catalog(&registrar.agent, node, tx, shutdown).await })
+    });
     let events = tokio::spawn(follow_events(registrar.docker.clone(), registrar.metrics.clone(), tx, shutdown.clone()));
     drive(&registrar, rx, opts, &shutdown).await;
     events.abort();
+    if let Some(catalog) = catalog {
+        catalog.abort();
+    }
 }
 
 async fn follow_events(engine: Engine, metrics: Metrics, tx: mpsc::UnboundedSender<Work>, shutdown: CancellationToken) {
@@ -567,6 +630,7 @@ pub async fn drive<D: Docker, A: Agent>(
 fn take(state: &mut State, w: &mut Pending, got: Work) {
     match got {
         Work::Connected => w.full = true,
+        Work::CatalogLost => w.look_consul = true,
         Work::Event { action, id, attributes } => {
             if state.on_event(&action, &id, &attributes, Instant::now()) {
                 inspect(state, w, id);

@@ -362,3 +362,47 @@ async fn a_cut_docker_event_stream_is_noticed_and_the_gap_resynced() {
     assert!(log.contains("reconnecting"), "{log}");
     proxy.cut().await;
 }
+
+/// A service the catalog loses while the agent keeps it (the node reaped
+/// while its host was away, and back) is registered again at once: the
+/// registrator follows its node in the catalog. With no periodic verify or
+/// resync, only that can bring it back in time (Consul's own anti-entropy
+/// takes a minute or more).
+#[tokio::test]
+async fn a_service_the_catalog_lost_is_registered_again_at_once() {
+    let consul = TestConsul::start().await;
+    let mut scene = Scene::new();
+    let name = scene.service("kept");
+    let env = format!("SERVICE_NAME={name}");
+    scene.run("a", &["-e", &env, "--expose", "80"], &[]);
+    let opts = Options { resync_every: None, verify_every: None };
+    let (reg, registrar) = start_registrator_with(&consul, &scene, opts, Deregister::Always);
+    let id = wait_count(&consul, &name, 1).await[0].id.clone();
+    let registrations = || registrar.metrics().registrations.get();
+    let in_catalog = || async {
+        let node = consul.client().node_services(&consul.node).await.expect("catalog").value.expect("node");
+        node.services.contains_key(&id)
+    };
+    eventually("in the catalog", Duration::from_secs(10), || async {
+        if in_catalog().await { Ok(()) } else { Err("not yet".to_string()) }
+    })
+    .await;
+    // The catalog forgets it; the agent does not.
+    let body = serde_json::json!({ "Node": consul.node, "ServiceID": id });
+    let url = format!("{}/v1/catalog/deregister", consul.url());
+    reqwest::Client::new().put(url).json(&body).send().await.unwrap().error_for_status().unwrap();
+    let lost_at = std::time::Instant::now();
+    assert_eq!(registrations(), 1);
+    // Registered again by registrator (Consul's own anti-entropy would bring
+    // it back too, later, without a registration).
+    eventually("registered again", Duration::from_secs(3), || async {
+        if registrations() == 2 && in_catalog().await {
+            Ok(())
+        } else {
+            Err(format!("{} registrations", registrations()))
+        }
+    })
+    .await;
+    println!("back in the catalog {:?} after it was lost", lost_at.elapsed());
+    reg.stop().await;
+}
