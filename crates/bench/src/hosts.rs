@@ -114,7 +114,7 @@ fn since(t: SystemTime) -> Duration {
 pub async fn run(opts: &Opts) -> anyhow::Result<Results> {
     let mut r = Results::default();
     if opts.starts + opts.cuts + opts.leader_kills > 0 {
-        let c = Cluster::up("bh", "10.89.3").await;
+        let c = Cluster::up("bh", "10.89.3", false).await;
         starts_to_routed(&c, opts.starts, &mut r).await;
         for i in 0..opts.cuts {
             eprintln!("cut {}/{}", i + 1, opts.cuts);

@@ -103,6 +103,22 @@ mod tests {
     }
 
     #[test]
+    fn empty_paths_and_tokens_are_none_as_in_consuls_cli() {
+        let args = ConsulArgs {
+            consul: "consul://consul:8500".into(),
+            token: Some(String::new()),
+            token_file: Some(String::new()),
+            ca_cert: Some(String::new()),
+            client_cert: Some(String::new()),
+            client_key: Some(String::new()),
+        };
+        let s = args.settings().unwrap();
+        assert_eq!((s.token, s.ca_cert, s.client_cert, s.client_key), (None, None, None, None));
+        let given = ConsulArgs { ca_cert: Some("/ca.pem".into()), ..args };
+        assert_eq!(given.settings().unwrap().ca_cert, Some(PathBuf::from("/ca.pem")));
+    }
+
+    #[test]
     fn unsupported_or_malformed_addresses_are_refused_with_the_reason() {
         let err = parse("consul-unix://relative.sock").unwrap_err().to_string();
         assert!(err.contains("absolute socket path"), "{err}");
@@ -124,25 +140,31 @@ pub struct ConsulArgs {
     pub token: Option<String>,
     /// File holding the ACL token (used when --token is not set).
     #[arg(long, env = "CONSUL_HTTP_TOKEN_FILE")]
-    pub token_file: Option<PathBuf>,
+    pub token_file: Option<String>,
     /// CA certificate (PEM) to verify Consul's TLS certificate.
     #[arg(long, env = "CONSUL_CACERT")]
-    pub ca_cert: Option<PathBuf>,
+    pub ca_cert: Option<String>,
     /// Client certificate (PEM) for mutual TLS with Consul.
     #[arg(long, env = "CONSUL_CLIENT_CERT")]
-    pub client_cert: Option<PathBuf>,
+    pub client_cert: Option<String>,
     /// Client key (PEM) for mutual TLS with Consul.
     #[arg(long, env = "CONSUL_CLIENT_KEY")]
-    pub client_key: Option<PathBuf>,
+    pub client_key: Option<String>,
+}
+
+/// A path given as an empty string is none, as in Consul's own CLI (so a
+/// compose file can pass `CONSUL_CACERT: ${CONSUL_CACERT:-}` through).
+fn path(given: &Option<String>) -> Option<PathBuf> {
+    given.as_deref().filter(|p| !p.is_empty()).map(PathBuf::from)
 }
 
 impl ConsulArgs {
     /// The settings these flags describe; reads the token file if one is named.
     pub fn settings(&self) -> Result<Settings, Error> {
-        let token = match (&self.token, &self.token_file) {
+        let token = match (self.token.as_ref().filter(|t| !t.is_empty()), path(&self.token_file)) {
             (Some(t), _) => Some(t.clone()),
             (None, Some(path)) => Some(
-                std::fs::read_to_string(path)
+                std::fs::read_to_string(&path)
                     .map_err(|source| Error::File { what: "token file", path: path.display().to_string(), source })?
                     .trim()
                     .to_owned(),
@@ -154,9 +176,9 @@ impl ConsulArgs {
             base: Some(endpoint.url),
             unix_socket: endpoint.unix_socket,
             token,
-            ca_cert: self.ca_cert.clone(),
-            client_cert: self.client_cert.clone(),
-            client_key: self.client_key.clone(),
+            ca_cert: path(&self.ca_cert),
+            client_cert: path(&self.client_cert),
+            client_key: path(&self.client_key),
         })
     }
 }

@@ -228,14 +228,80 @@ pub struct Cluster {
     /// The load balancers of hosts 1 and 2.
     pub lbs: [Lb; 2],
     pub http: reqwest::Client,
+    /// With ACLs and TLS on: the tokens.
+    pub acl: Option<Tokens>,
+}
+
+/// The ACL tokens of a [`Cluster`] with ACLs on.
+#[derive(Clone, Debug)]
+pub struct Tokens {
+    /// The master token (the tests' own requests to Consul).
+    pub master: String,
+    /// registrator's, with the README's policy.
+    pub registrator: String,
+    /// haproxy-sync's, with the README's policy.
+    pub haproxy: String,
+}
+
+/// The README's policies (Access).
+pub const REGISTRATOR_RULES: &str =
+    r#"service_prefix "" { policy = "write" } node_prefix "" { policy = "read" } agent_prefix "" { policy = "read" }"#;
+pub const HAPROXY_RULES: &str = r#"service_prefix "" { policy = "read" } node_prefix "" { policy = "read" }"#;
+
+fn uuid() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/uuid").expect("a UUID from the kernel").trim().to_owned()
+}
+
+/// What `consul.d` holds for a secure cluster: a CA and one server
+/// certificate (made with `consul tls`), HTTPS on 8501, ACLs on with
+/// default deny and `master` as the master and agent token.
+fn secure_config(dir: &std::path::Path, master: &str) {
+    std::fs::create_dir_all(dir).expect("consul.d");
+    for args in [&["tls", "ca", "create"][..], &["tls", "cert", "create", "-server", "-additional-dnsname", "consul"]] {
+        let out =
+            Command::new("consul").args(args).current_dir(dir).output().expect("run consul (scripts/install-deps)");
+        assert!(out.status.success(), "consul {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let acl = format!(
+        "acl {{\n  enabled = true\n  default_policy = \"deny\"\n  down_policy = \"extend-cache\"\n  tokens {{\n    master = \"{master}\"\n    agent = \"{master}\"\n  }}\n}}\n"
+    );
+    std::fs::write(dir.join("acl.hcl"), acl).expect("acl.hcl");
+    let tls = "ports { https = 8501 }\n\
+               ca_file = \"/consul/config/consul-agent-ca.pem\"\n\
+               cert_file = \"/consul/config/dc1-server-consul-0.pem\"\n\
+               key_file = \"/consul/config/dc1-server-consul-0-key.pem\"\n";
+    std::fs::write(dir.join("tls.hcl"), tls).expect("tls.hcl");
+    // Read by Consul (root) and by haproxy-sync (user haproxy) in their containers.
+    for entry in std::fs::read_dir(dir).expect("consul.d") {
+        let path = entry.expect("entry").path();
+        let _ = Command::new("chmod").arg("a+r").arg(&path).status();
+    }
 }
 
 impl Cluster {
     /// Makes the hosts (set `set` on `lan`, as [`Hosts::up`]) and starts
     /// every role; returns once both load balancers route every `hello`.
-    pub async fn up(set: &str, lan: &str) -> Self {
+    /// `secure`: ACLs on (default deny; registrator and haproxy-sync with
+    /// the README's policies) and registrator and haproxy-sync reaching
+    /// their agents over TLS, all through `CONSUL_CONFIG_DIR`.
+    pub async fn up(set: &str, lan: &str, secure: bool) -> Self {
         let hosts = Hosts::up(set, lan, 3);
         let servers: Vec<_> = hosts.all().iter().map(|h| h.ip).collect();
+        let mut tokens = None;
+        let mut common: Vec<(String, String)> = Vec::new();
+        if secure {
+            let dir = PathBuf::from(format!("/tmp/portolan-hosts/{set}/consul.d"));
+            let t = Tokens { master: uuid(), registrator: uuid(), haproxy: uuid() };
+            secure_config(&dir, &t.master);
+            common.extend([
+                ("CONSUL_CONFIG_DIR".to_string(), dir.display().to_string()),
+                ("CONSUL_URL".into(), "consul-tls://consul:8501".into()),
+                ("CONSUL_CACERT".into(), "/consul/config/consul-agent-ca.pem".into()),
+                ("REGISTRATOR_TOKEN".into(), t.registrator.clone()),
+                ("HAPROXY_TOKEN".into(), t.haproxy.clone()),
+            ]);
+            tokens = Some(t);
+        }
         let roles: Vec<Roles> = hosts
             .all()
             .iter()
@@ -247,25 +313,58 @@ impl Cluster {
                 if h.index >= 2 {
                     profiles.extend(["apps", "demo"]);
                 }
-                Roles {
-                    profiles,
-                    servers: servers.clone(),
-                    env: vec![
-                        ("CONSUL_HTTP_BIND".into(), h.ip.to_string()),
-                        ("DOCKER_SOCKET".into(), h.docker_host.trim_start_matches("unix://").into()),
-                    ],
-                }
+                let mut env = vec![
+                    ("CONSUL_HTTP_BIND".into(), h.ip.to_string()),
+                    ("DOCKER_SOCKET".into(), h.docker_host.trim_start_matches("unix://").into()),
+                ];
+                env.extend(common.iter().cloned());
+                Roles { profiles, servers: servers.clone(), env }
             })
             .collect();
+        let lbs = [Lb::at(&format!("{}:80", hosts.host(1).ip)), Lb::at(&format!("{}:80", hosts.host(2).ip))];
+        let cluster = Self { hosts, roles, lbs, http: reqwest::Client::new(), acl: tokens };
+        if let Some(t) = &cluster.acl {
+            // The servers first: the tokens of registrator and haproxy-sync
+            // are made once there is a leader, as an operator would.
+            std::thread::scope(|s| {
+                for (h, r) in cluster.hosts.all().iter().zip(&cluster.roles) {
+                    let servers_only = Roles { profiles: vec!["server"], ..r.clone() };
+                    s.spawn(move || h.compose(&servers_only, &["up", "-d", "--wait"]));
+                }
+            });
+            let start = Instant::now();
+            while cluster.leader(1).await.is_empty() {
+                assert!(start.elapsed() < Duration::from_secs(60), "no leader");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            for (name, rules, secret) in
+                [("registrator", REGISTRATOR_RULES, &t.registrator), ("haproxy-sync", HAPROXY_RULES, &t.haproxy)]
+            {
+                let policy = serde_json::json!({ "Name": name, "Rules": rules });
+                cluster.consul_put(1, "/v1/acl/policy", &policy).await.expect("policy");
+                let token =
+                    serde_json::json!({ "SecretID": secret, "Description": name, "Policies": [{ "Name": name }] });
+                cluster.consul_put(1, "/v1/acl/token", &token).await.expect("token");
+            }
+        }
         std::thread::scope(|s| {
-            for (h, r) in hosts.all().iter().zip(&roles) {
+            for (h, r) in cluster.hosts.all().iter().zip(&cluster.roles) {
                 s.spawn(move || h.compose(r, &["up", "-d", "--wait"]));
             }
         });
-        let lbs = [Lb::at(&format!("{}:80", hosts.host(1).ip)), Lb::at(&format!("{}:80", hosts.host(2).ip))];
-        let cluster = Self { hosts, roles, lbs, http: reqwest::Client::new() };
         cluster.converged().await;
         cluster
+    }
+
+    /// A PUT of JSON to the Consul API on host `i`.
+    pub async fn consul_put(&self, i: usize, path: &str, body: &serde_json::Value) -> reqwest::Result<()> {
+        let url = format!("http://{}:8500{path}", self.host(i).ip);
+        let mut req = self.http.put(url).json(body).timeout(Duration::from_secs(5));
+        if let Some(t) = &self.acl {
+            req = req.header("X-Consul-Token", &t.master);
+        }
+        req.send().await?.error_for_status()?;
+        Ok(())
     }
 
     pub fn host(&self, i: usize) -> &Host {
@@ -297,7 +396,11 @@ impl Cluster {
     /// A JSON answer of the Consul API on host `i`.
     pub async fn consul(&self, i: usize, path: &str) -> reqwest::Result<serde_json::Value> {
         let url = format!("http://{}:8500{path}", self.host(i).ip);
-        self.http.get(url).timeout(Duration::from_secs(5)).send().await?.error_for_status()?.json().await
+        let mut req = self.http.get(url).timeout(Duration::from_secs(5));
+        if let Some(t) = &self.acl {
+            req = req.header("X-Consul-Token", &t.master);
+        }
+        req.send().await?.error_for_status()?.json().await
     }
 
     /// Waits until the servers can lose one of them: three voters, all

@@ -2,7 +2,9 @@
 //! a Consul server on each, `hello` on hosts 2 and 3 registered by each
 //! host's registrator at the host's address, and two load balancers (hosts 1
 //! and 2), each reading its own host's agent, all from `compose/cluster.yml`
-//! as a user would run it on each host.
+//! as a user would run it on each host: with ACLs on (default deny, the
+//! README's policies) and TLS between registrator or haproxy-sync and their
+//! agents.
 //!
 //! The hosts take a minute to make, so the scenarios share them and run one
 //! after another, each leaving the cluster as it found it. Each is reported
@@ -49,7 +51,9 @@ fn main() {
         return;
     }
     let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let cluster = rt.block_on(Cluster::up("mh", "10.89.1"));
+    // ACLs on (default deny) and TLS between registrator or haproxy-sync and
+    // their agents, as a production cluster would run.
+    let cluster = rt.block_on(Cluster::up("mh", "10.89.1", true));
     let mut failed = Vec::new();
     for (name, scenario) in &chosen {
         println!("scenario {name} ...");
@@ -94,6 +98,13 @@ async fn routes_across_hosts(c: &Cluster) {
     assert_eq!((two.len(), three.len()), (1, 1), "one hello per host to start with");
     // Both load balancers, each on its own host's agent, route both hosts' instances.
     c.converged().await;
+    if c.acl.is_some() {
+        // ... having reached their agents over TLS.
+        let registrator = c.host(2).container_of("registrator");
+        let out = c.host(2).docker(&["logs", &registrator]);
+        let logs = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+        assert!(logs.contains("https://consul:8501/"), "registrator not on HTTPS:\n{logs}");
+    }
     // A new instance on host 3 reaches both within a second of each other.
     c.compose(3, &["up", "-d", "--no-recreate", "--scale", "hello=2"]);
     let new = c.hellos(3).difference(&three).next().cloned().expect("a new hello on host 3");
@@ -304,6 +315,7 @@ async fn guard_rails(c: &Cluster) {
     // On host 3, a registrator pointed at host 1's server, and given host 2's address.
     let h3 = c.host(3);
     let sock = h3.docker_host.trim_start_matches("unix://").to_owned();
+    let token = format!("CONSUL_HTTP_TOKEN={}", c.acl.as_ref().map(|t| t.registrator.as_str()).unwrap_or_default());
     let out = h3.docker(&[
         "run",
         "-d",
@@ -311,6 +323,8 @@ async fn guard_rails(c: &Cluster) {
         "host",
         "-v",
         &format!("{sock}:/var/run/docker.sock:ro"),
+        "-e",
+        &token,
         "-e",
         "REGISTRATOR_OWNER=misplaced",
         "-e",
@@ -335,8 +349,9 @@ async fn guard_rails(c: &Cluster) {
     // What it registered on host 1's agent goes, so the cluster is as before.
     let services = c.consul(1, "/v1/agent/services").await.expect("agent services");
     for id in services.as_object().into_iter().flat_map(|o| o.keys()).filter(|id| id.starts_with("misplaced:")) {
-        let url = format!("http://{}:8500/v1/agent/service/deregister/{id}", c.host(1).ip);
-        c.http.put(url).send().await.expect("deregister").error_for_status().expect("deregistered");
+        c.consul_put(1, &format!("/v1/agent/service/deregister/{id}"), &serde_json::Value::Null)
+            .await
+            .expect("deregistered");
     }
     assert!(
         logs.contains("node \"mh1\"") && logs.contains("a Consul server), not on this Docker host"),

@@ -254,8 +254,8 @@ async fn with_acls_on_the_token_registers_its_absence_is_reported_and_it_is_neve
     let env = format!("SERVICE_NAME={name}");
     scene.run("a", &["-e", &env, "--expose", "80"], &[]);
 
-    // The policy the README asks for: write the services, read the nodes.
-    let rules = r#"service_prefix "" { policy = "write" } node_prefix "" { policy = "read" }"#;
+    // The policy the README asks for: write the services, read the nodes and the agent.
+    let rules = r#"service_prefix "" { policy = "write" } node_prefix "" { policy = "read" } agent_prefix "" { policy = "read" }"#;
     let (token, _) = consul.acl_token(TOKEN, rules).await;
     let with = Process::start(&consul, &format!("{}-with", scene.tag), Some(&token));
     let without = Process::start(&consul, &format!("{}-without", scene.tag), None);
@@ -281,6 +281,8 @@ async fn with_acls_on_the_token_registers_its_absence_is_reported_and_it_is_neve
     let (with_log, without_log) = (with.stop(), without.stop());
     assert!(without_log.contains("ACL token is missing or lacks permission"), "{without_log}");
     assert!(with_log.contains("registered"), "{with_log}");
+    // The policy covers everything it asks: its agent's self-description included.
+    assert!(!with_log.contains("could not ask the Consul agent about itself"), "{with_log}");
     for log in [&with_log, &without_log] {
         assert!(!log.contains(&token) && !log.contains(TOKEN), "the token appears in the log:\n{log}");
     }

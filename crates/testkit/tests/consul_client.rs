@@ -57,9 +57,9 @@ async fn consul_tls_addresses_verify_the_agent_and_present_a_client_certificate(
         consul: format!("consul-tls://127.0.0.1:{https}"),
         token: None,
         token_file: None,
-        ca_cert: ca.map(|c| file(c).into()),
-        client_cert: cert.map(|c| file(c.0).into()),
-        client_key: cert.map(|c| file(c.1).into()),
+        ca_cert: ca.map(file),
+        client_cert: cert.map(|c| file(c.0)),
+        client_key: cert.map(|c| file(c.1)),
     };
 
     let client = consul::Client::new(
@@ -85,7 +85,7 @@ async fn consul_tls_addresses_verify_the_agent_and_present_a_client_certificate(
     assert!(matches!(err, consul::Error::Transport { .. }), "{err:?}");
     assert!(format!("{err:?}").to_lowercase().contains("certificate"), "{err:?}");
     // A missing certificate file is named in the error.
-    let missing = ConsulArgs { ca_cert: Some(dir.join("nope.pem")), ..args(None, None) };
+    let missing = ConsulArgs { ca_cert: Some(dir.join("nope.pem").display().to_string()), ..args(None, None) };
     let err = consul::Client::new(&missing.settings().unwrap()).unwrap_err();
     assert!(err.to_string().contains("nope.pem"), "{err}");
     drop(consul);
