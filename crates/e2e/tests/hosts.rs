@@ -98,13 +98,14 @@ async fn routes_across_hosts(c: &Cluster) {
     assert_eq!((two.len(), three.len()), (1, 1), "one hello per host to start with");
     // Both load balancers, each on its own host's agent, route both hosts' instances.
     c.converged().await;
+    let registrator = c.host(2).container_of("registrator");
+    let out = c.host(2).docker(&["logs", &registrator]);
+    let logs = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     if c.acl.is_some() {
         // ... having reached their agents over TLS.
-        let registrator = c.host(2).container_of("registrator");
-        let out = c.host(2).docker(&["logs", &registrator]);
-        let logs = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-        assert!(logs.contains("https://consul:8501/"), "registrator not on HTTPS:\n{logs}");
+        assert!(logs.contains("consul=https://consul:8501/"), "registrator not on HTTPS:\n{logs}");
     }
+    assert!(!logs.contains('\u{1b}'), "colour codes in a log that is no terminal:\n{logs}");
     // A new instance on host 3 reaches both within a second of each other.
     c.compose(3, &["up", "-d", "--no-recreate", "--scale", "hello=2"]);
     let new = c.hellos(3).difference(&three).next().cloned().expect("a new hello on host 3");
