@@ -82,7 +82,7 @@ pub async fn serve(
         shutdown.await;
         flag.store(true, Ordering::Relaxed);
         if !drain.is_zero() {
-            tracing::info!(drain_ms = drain.as_millis() as u64, "draining: still serving while load balancers let go");
+            tracing::info!(drain_ms = ops::millis(drain), "draining: still serving while load balancers let go");
             tokio::time::sleep(drain).await;
         }
         let _ = stopping_tx.send(());
@@ -91,7 +91,7 @@ pub async fn serve(
     tokio::select! {
         res = server => res,
         _ = async { let _ = stopping_rx.await; tokio::time::sleep(grace).await } => {
-            tracing::warn!(grace_ms = grace.as_millis() as u64, "grace period over; dropping remaining connections");
+            tracing::warn!(grace_ms = ops::millis(grace), "grace period over; dropping remaining connections");
             Ok(())
         }
     }

@@ -22,10 +22,16 @@ pub struct Settings {
     pub unix_socket: Option<PathBuf>,
 }
 
+/// The local agent's address, Consul's default.
+static LOCAL_AGENT: std::sync::LazyLock<Url> = std::sync::LazyLock::new(|| {
+    #[allow(clippy::expect_used, reason = "a constant URL; the tests parse it")]
+    Url::parse("http://127.0.0.1:8500/").expect("a constant URL parses")
+});
+
 impl Settings {
     /// The API base URL, defaulting to the local agent.
     pub fn base_url(&self) -> Url {
-        self.base.clone().unwrap_or_else(|| Url::parse("http://127.0.0.1:8500/").expect("static URL parses"))
+        self.base.clone().unwrap_or_else(|| LOCAL_AGENT.clone())
     }
 }
 
@@ -48,7 +54,8 @@ pub fn parse(addr: &str) -> Result<Endpoint, Error> {
             if !path.starts_with('/') || path.len() < 2 {
                 return Err(bad("expected an absolute socket path, as in consul-unix:///run/consul/http.sock"));
             }
-            let url = Url::parse("http://consul/").expect("static URL parses");
+            // The host name only fills the Host header; the socket is what is dialled.
+            let url = Url::parse("http://consul/").map_err(|e| bad(&e.to_string()))?;
             return Ok(Endpoint { url, unix_socket: Some(PathBuf::from(path)) });
         }
         Some((other, _)) => return Err(bad(&format!("unknown scheme {other:?}"))),

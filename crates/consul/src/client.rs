@@ -251,6 +251,7 @@ impl Client {
         Ok(Indexed { index, value })
     }
 
+    #[allow(clippy::expect_used, reason = "an http(s) base joined with a relative path always makes a URL")]
     fn request(&self, method: Method, path: &str) -> RequestBuilder {
         let url = self.base.join(path).expect("API paths are relative URLs");
         let mut req = self.http.request(method, url).timeout(PLAIN_TIMEOUT);

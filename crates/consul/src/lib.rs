@@ -6,19 +6,17 @@
 //!   `consul-tls://host:port`, `CONSUL_HTTP_ADDR`, the ACL token and TLS files.
 //! - [`client`]: the calls both services make: agent service registration,
 //!   the catalog and health endpoints, with blocking queries.
-//! - [`blocking`]: Consul's rules for following a blocking-query index.
-//! - [`backoff`]: jittered exponential backoff for every retry loop.
+//! - [`blocking`]: following a blocking query: Consul's index rules and the
+//!   one loop that asks, backs off and passes answers on.
 //! - [`types`]: the JSON shapes of Consul's API (only fields Consul 1.8 has).
 #![forbid(unsafe_code)]
 
 pub mod address;
-pub mod backoff;
 pub mod blocking;
 pub mod client;
 pub mod types;
 
 pub use address::{ConsulArgs, Settings};
-pub use backoff::Backoff;
 pub use client::{AgentInfo, Client, Error, Indexed};
 pub use types::{
     AgentService, Check, EntryCheck, EntryService, HealthStatus, Node, NodeServices, Registration, ServiceEntry,

@@ -85,16 +85,8 @@ pub struct Args {
     /// come and go through the runtime API, without a reload.
     #[arg(long, default_value_t = 16, value_name = "N")]
     pub min_slots: usize,
-    /// Ask the /health of the haproxy-sync running on this host (at
-    /// --metrics-addr) and exit 0 when healthy, 1 when not: a container healthcheck.
-    #[arg(long)]
-    pub probe: bool,
-    /// Address of /metrics and /health (empty: not served).
-    #[arg(long, env = "METRICS_ADDR", default_value = "0.0.0.0:9090")]
-    pub metrics_addr: ops::admin::AdminAddr,
-    /// Log format.
-    #[arg(long, value_enum, default_value = "text", env = "LOG_FORMAT")]
-    pub log_format: ops::LogFormat,
+    #[command(flatten)]
+    pub admin: ops::admin::AdminArgs,
 }
 
 impl Args {

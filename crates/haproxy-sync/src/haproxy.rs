@@ -1,18 +1,18 @@
-//! HAProxy itself: checking a configuration, running the master process,
-//! and talking to its master CLI.
+//! HAProxy itself: checking a configuration, running the master process
+//! (kept by [`ops::supervise`]), and asking its two sockets, the master CLI
+//! and the runtime API ([`ask`]).
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use consul::Backoff;
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
+use ops::Backoff;
+use ops::supervise::Policy;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
 
 #[derive(Debug, thiserror::Error)]
 pub enum HaproxyError {
@@ -82,20 +82,9 @@ impl Haproxy {
 
     /// Sends one command to the master CLI and returns its answer.
     pub async fn master(&self, command: &str) -> Result<String, HaproxyError> {
-        let err = |source| HaproxyError::MasterCli { socket: self.master_socket.display().to_string(), source };
-        let io = async {
-            let mut stream = UnixStream::connect(&self.master_socket).await?;
-            stream.write_all(format!("{command}\n").as_bytes()).await?;
-            // End of input: HAProxy runs the command and closes the session.
-            stream.shutdown().await?;
-            let mut answer = String::new();
-            stream.read_to_string(&mut answer).await?;
-            Ok(answer)
-        };
-        tokio::time::timeout(Duration::from_secs(10), io)
+        ask(&self.master_socket, command, Duration::from_secs(10))
             .await
-            .unwrap_or_else(|_| Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer in 10 s")))
-            .map_err(err)
+            .map_err(|source| HaproxyError::MasterCli { socket: self.master_socket.display().to_string(), source })
     }
 
     /// Runs runtime API commands on the worker, through `socket`, in one
@@ -104,19 +93,9 @@ impl Haproxy {
         if commands.is_empty() {
             return Ok(());
         }
-        let err = |source| HaproxyError::Runtime { socket: socket.display().to_string(), source };
-        let io = async {
-            let mut stream = UnixStream::connect(socket).await?;
-            stream.write_all(format!("{}\n", commands.join(";")).as_bytes()).await?;
-            stream.shutdown().await?;
-            let mut answer = String::new();
-            stream.read_to_string(&mut answer).await?;
-            Ok(answer)
-        };
-        let answer = tokio::time::timeout(Duration::from_secs(5), io)
+        let answer = ask(socket, &commands.join(";"), Duration::from_secs(5))
             .await
-            .unwrap_or_else(|_| Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer in 5 s")))
-            .map_err(err)?;
+            .map_err(|source| HaproxyError::Runtime { socket: socket.display().to_string(), source })?;
         refusals(&answer).map_err(HaproxyError::RuntimeRefused)
     }
 
@@ -154,47 +133,49 @@ impl Haproxy {
     }
 }
 
-/// Keeps HAProxy running until `shutdown`: restarts it (with backoff) if it
-/// exits, and on shutdown asks it to finish its connections (SIGUSR1) for
-/// at most `grace` before killing it.
+/// Sends `line` to one of HAProxy's sockets (master CLI or runtime API) and
+/// returns the whole answer: HAProxy runs the command once input ends and
+/// closes the session after answering. At most `limit` for all of it.
+pub async fn ask(socket: &Path, line: &str, limit: Duration) -> std::io::Result<String> {
+    let io = async {
+        let mut stream = UnixStream::connect(socket).await?;
+        stream.write_all(format!("{line}\n").as_bytes()).await?;
+        stream.shutdown().await?;
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).await?;
+        Ok(answer)
+    };
+    tokio::time::timeout(limit, io).await.unwrap_or_else(|_| {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("no answer in {}", humantime::format_duration(limit)),
+        ))
+    })
+}
+
+/// Keeps HAProxy running until `shutdown`: started again (at once after a
+/// run of 10 s or more, else with backoff) if it exits, and on shutdown
+/// asked to finish its connections (SIGUSR1, a soft stop) for at most
+/// `grace` before it is killed. `ready` is true from just before each start
+/// (a change written from then on is reloaded, retried until the new master
+/// answers, never lost in between) until HAProxy exits.
 pub async fn supervise(
     haproxy: Haproxy,
     grace: Duration,
     ready: tokio::sync::watch::Sender<bool>,
     shutdown: CancellationToken,
 ) {
-    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
-    loop {
-        // Ready before the spawn: a change written from now on is reloaded
-        // (retried until the new master answers), never lost in between.
-        let _ = ready.send(true);
-        let mut child = match haproxy.spawn() {
-            Ok(child) => child,
-            Err(e) => {
-                error!(error = %e, "cannot start HAProxy");
-                tokio::select! { _ = shutdown.cancelled() => return, _ = backoff.wait() => continue }
-            }
-        };
-        info!(pid = child.id(), config = %haproxy.config.display(), "HAProxy started");
-        let started = tokio::time::Instant::now();
-        tokio::select! {
-            status = child.wait() => {
-                let _ = ready.send(false);
-                warn!(?status, "HAProxy exited; restarting");
-                // Nothing listens until it is back: after a long run, at
-                // once; the backoff is for one that keeps failing.
-                if started.elapsed() >= Duration::from_secs(10) {
-                    backoff.reset();
-                    continue;
-                }
-                tokio::select! { _ = shutdown.cancelled() => return, _ = backoff.wait() => {} }
-            }
-            _ = shutdown.cancelled() => {
-                stop(&mut child, grace).await;
-                return;
-            }
-        }
-    }
+    let policy = Policy {
+        name: "HAProxy",
+        // Nothing listens until it is back: after a long run, at once; the
+        // backoff is for one that keeps failing.
+        healthy_after: Duration::from_secs(10),
+        backoff: Backoff::new(Duration::from_millis(200), Duration::from_secs(10)),
+        stop_signal: Signal::SIGUSR1,
+        grace,
+    };
+    let start = || haproxy.spawn().map_err(std::io::Error::other);
+    ops::supervise::supervise(policy, start, |up| _ = ready.send(up), shutdown).await;
 }
 
 /// Follows an HAProxy someone else runs: `ready` is true while its master
@@ -210,19 +191,6 @@ pub async fn follow(haproxy: Haproxy, ready: tokio::sync::watch::Sender<bool>, s
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(Duration::from_millis(250)) => {}
-        }
-    }
-}
-
-async fn stop(child: &mut Child, grace: Duration) {
-    if let Some(pid) = child.id() {
-        let _ = kill(Pid::from_raw(pid as i32), Signal::SIGUSR1);
-    }
-    match tokio::time::timeout(grace, child.wait()).await {
-        Ok(_) => info!("HAProxy stopped"),
-        Err(_) => {
-            warn!("HAProxy still running after the grace period; killing it");
-            let _ = child.kill().await;
         }
     }
 }

@@ -5,53 +5,29 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
-use consul::Backoff;
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
+use ops::Backoff;
+use ops::supervise::Policy;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::warn;
 
 use crate::haproxy::Haproxy;
 
-/// Runs `bin args... --external` until `shutdown`, restarting it with
-/// backoff whenever it exits; on shutdown, SIGTERM and up to 10 s to exit.
+/// Runs `bin args... --external` until `shutdown`, started again whenever it
+/// exits (HAProxy goes on serving meanwhile): at once after a run of 30 s
+/// or more, else with backoff; on shutdown, SIGTERM and up to 10 s to exit.
 pub async fn keep_sync(bin: PathBuf, args: Vec<String>, shutdown: CancellationToken) {
-    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
-    loop {
-        let mut child = match tokio::process::Command::new(&bin)
-            .args(&args)
-            .arg("--external")
-            .stdin(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-        {
-            Ok(child) => child,
-            Err(e) => {
-                error!(bin = %bin.display(), error = %e, "cannot start haproxy-sync");
-                tokio::select! { _ = shutdown.cancelled() => return, _ = backoff.wait() => continue }
-            }
-        };
-        info!(pid = child.id(), "haproxy-sync started");
-        let started = tokio::time::Instant::now();
-        tokio::select! {
-            status = child.wait() => {
-                warn!(?status, "haproxy-sync exited; HAProxy goes on serving; restarting it");
-                if started.elapsed() > Duration::from_secs(30) {
-                    backoff.reset();
-                }
-                tokio::select! { _ = shutdown.cancelled() => return, _ = backoff.wait() => {} }
-            }
-            _ = shutdown.cancelled() => {
-                if let Some(pid) = child.id() {
-                    let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
-                }
-                if tokio::time::timeout(Duration::from_secs(10), child.wait()).await.is_err() {
-                    let _ = child.kill().await;
-                }
-                return;
-            }
-        }
-    }
+    let policy = Policy {
+        name: "haproxy-sync",
+        healthy_after: Duration::from_secs(30),
+        backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(5)),
+        stop_signal: Signal::SIGTERM,
+        grace: Duration::from_secs(10),
+    };
+    let start = || {
+        tokio::process::Command::new(&bin).args(&args).arg("--external").stdin(Stdio::null()).kill_on_drop(true).spawn()
+    };
+    ops::supervise::supervise(policy, start, |_| {}, shutdown).await;
 }
 
 /// Waits until the configuration file exists and HAProxy accepts it;

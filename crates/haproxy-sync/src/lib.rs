@@ -91,7 +91,13 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
         sweeps: metrics.consul_sweeps.clone(),
     });
     let watcher = tokio::spawn(watch::run(client, watch_opts, tx, stats, shutdown.clone()));
-    if let (Some(addr), false) = (args.metrics_addr.0, args.dry_run || args.once) {
+    let admin = match args.dry_run || args.once {
+        true => None,
+        false => {
+            args.admin.bind().await.with_context(|| format!("serving /metrics on {:?}", args.admin.metrics_addr))?
+        }
+    };
+    if let Some(listener) = admin {
         let mut registry = Registry::with_prefix("haproxy_sync");
         metrics.register(&mut registry);
         let health = {
@@ -100,9 +106,7 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
                 if metrics.consul_up.get() == 1 { Ok(String::new()) } else { Err("Consul does not answer".to_owned()) }
             }) as ops::admin::HealthCheck
         };
-        ops::admin::serve(addr, Arc::new(registry), health, shutdown.clone())
-            .await
-            .with_context(|| format!("serving /metrics on {addr}"))?;
+        ops::admin::serve(listener, Arc::new(registry), health, shutdown.clone());
     }
 
     if args.dry_run || args.once {

@@ -13,10 +13,7 @@ async fn main() {
         eprintln!("memory is returned to the system only as haproxy-sync allocates: {e}");
     }
     let args = <Args as clap::Parser>::parse();
-    if args.probe {
-        ops::admin::probe_and_exit(args.metrics_addr).await;
-    }
-    ops::init_tracing(args.log_format);
+    args.admin.start().await;
     let shutdown = ops::shutdown_token();
     if let Err(e) = haproxy_sync::run(args, shutdown).await {
         tracing::error!("{e:#}");

@@ -1,20 +1,14 @@
 //! What haproxy-sync counts, exposed at `/metrics`.
 
-use std::sync::atomic::AtomicU64;
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct KindLabel {
-    /// `runtime` (runtime API, no reload) or `reload`.
-    pub kind: &'static str,
-}
+pub use ops::metrics::KindLabel;
+use ops::metrics::Timestamp;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BackendLabel {
@@ -32,7 +26,7 @@ pub struct Metrics {
     pub consul_service_reads: Counter,
     /// Sweeps of every node's services (a change it did not locate).
     pub consul_sweeps: Counter,
-    /// Applied changes, by kind.
+    /// Applied changes, by kind: `runtime` (runtime API, no reload) or `reload`.
     pub applies: Family<KindLabel, Counter>,
     pub apply_seconds: Family<KindLabel, Histogram>,
     pub reload_failures: Counter,
@@ -42,7 +36,7 @@ pub struct Metrics {
     /// Servers routed to, by backend.
     pub servers: Family<BackendLabel, Gauge>,
     /// Unix time of the last successful apply.
-    pub last_apply: Gauge<f64, AtomicU64>,
+    pub last_apply: Timestamp,
 }
 
 impl Default for Metrics {
@@ -53,7 +47,7 @@ impl Default for Metrics {
             consul_service_reads: Counter::default(),
             consul_sweeps: Counter::default(),
             applies: Family::default(),
-            apply_seconds: Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.0005, 2.0, 16))),
+            apply_seconds: ops::metrics::durations_by_kind(),
             reload_failures: Counter::default(),
             check_failures: Counter::default(),
             runtime_failures: Counter::default(),
@@ -92,7 +86,6 @@ impl Metrics {
     }
 
     pub fn mark_applied(&self) {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or_default();
-        self.last_apply.set(now);
+        ops::metrics::set_to_now(&self.last_apply);
     }
 }

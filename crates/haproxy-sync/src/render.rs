@@ -34,6 +34,7 @@ impl Renderer {
         Ok(Self { registry, name: name.to_owned() })
     }
 
+    #[allow(clippy::expect_used, reason = "the built-in template; a unit test renders it")]
     pub fn default_template() -> Self {
         Self::new("haproxy/haproxy.cfg.hbs", DEFAULT_TEMPLATE).expect("the default template parses")
     }

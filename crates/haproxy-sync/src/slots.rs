@@ -85,12 +85,17 @@ impl Slots {
                 if slots.iter().flatten().any(|s| s.instance == server.name) {
                     continue;
                 }
-                let free = slots.iter_mut().find(|s| s.is_none()).expect("capacity covers every instance");
-                *free = Some(Slot {
+                let slot = Some(Slot {
                     instance: server.name.clone(),
                     address: server.address.clone(),
                     weight: server.weight,
                 });
+                // The capacity covers every instance; were it short, the
+                // backend grows (a reload) rather than drop one.
+                match slots.iter_mut().find(|s| s.is_none()) {
+                    Some(free) => *free = slot,
+                    None => slots.push(slot),
+                }
             }
             let laid = Arc::new(svc.with_servers(servers_of(&slots)));
             let skeleton = Arc::new(skeleton_of(&laid));

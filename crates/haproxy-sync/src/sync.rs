@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use consul::Backoff;
+use ops::Backoff;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -322,7 +322,7 @@ impl Applier {
         self.metrics.mark_applied();
         self.metrics.servers.clear();
         for (backend, n) in self.slots.active() {
-            self.metrics.servers.get_or_create(&BackendLabel { backend: backend.to_owned() }).set(n as i64);
+            self.metrics.servers.get_or_create(&BackendLabel { backend: backend.to_owned() }).set(ops::gauge_value(n));
         }
         latency
     }
@@ -538,7 +538,7 @@ pub async fn run(
             }
             Err(e) => {
                 let delay = backoff.next_delay();
-                warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "apply failed; retrying");
+                warn!(error = %e, retry_in_ms = ops::millis(delay), "apply failed; retrying");
                 tokio::select! { _ = shutdown.cancelled() => return, _ = tokio::time::sleep(delay) => {} }
                 retry = true;
             }
@@ -549,6 +549,49 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Sends a change on `tx` at each of `at` (ms after the start).
+    fn changes_at(tx: watch::Sender<Option<Catalog>>, at: Vec<u64>) -> tokio::task::JoinHandle<()> {
+        let t0 = Instant::now();
+        tokio::spawn(async move {
+            for ms in at {
+                tokio::time::sleep_until(t0 + Duration::from_millis(ms)).await;
+                tx.send_modify(|c| *c = Some(Catalog::default()));
+            }
+            // Keep the sender until the test is done with it.
+            std::future::pending::<()>().await;
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn quiescence_waits_for_a_quiet_spell_after_the_last_change() {
+        let (tx, mut rx) = watch::channel(None);
+        let t0 = Instant::now();
+        let task = changes_at(tx, vec![100, 110, 130]);
+        assert!(settle(&mut rx, Duration::from_millis(25), Duration::from_millis(250)).await);
+        assert_eq!(t0.elapsed(), Duration::from_millis(155), "25 ms after the last change");
+        task.abort();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn quiescence_ends_at_max_however_busy_consul_is() {
+        let (tx, mut rx) = watch::channel(None);
+        let t0 = Instant::now();
+        let task = changes_at(tx, (0..100).map(|i| 50 + i * 10).collect());
+        assert!(settle(&mut rx, Duration::from_millis(25), Duration::from_millis(250)).await);
+        assert_eq!(t0.elapsed(), Duration::from_millis(300), "250 ms after the first change");
+        // The change made as the first batch closed opens the next one.
+        assert!(settle(&mut rx, Duration::from_millis(25), Duration::from_millis(250)).await);
+        assert_eq!(t0.elapsed(), Duration::from_millis(550));
+        task.abort();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn quiescence_ends_when_the_watch_is_gone() {
+        let (tx, mut rx) = watch::channel::<Option<Catalog>>(None);
+        drop(tx);
+        assert!(!settle(&mut rx, Duration::from_millis(25), Duration::from_millis(250)).await);
+    }
 
     const BASE: Facts = Facts {
         same_services: false,

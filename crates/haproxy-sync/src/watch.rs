@@ -14,8 +14,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use consul::blocking::{is_news, next_index};
-use consul::{Backoff, Client, EntryCheck, Indexed};
+use consul::blocking::{Next, Pace, Step};
+use consul::{Client, EntryCheck, Indexed};
+use ops::Backoff;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -321,10 +322,10 @@ struct Query<T, F> {
     sets_up: bool,
 }
 
-/// Follows one blocking query until the loop is gone: news goes to `tx`, an
-/// index that went back (Consul's state was reset, even across a failure)
-/// sends [`Update::Reset`] first, failures back off, and each change
-/// between failing and answering is one log line.
+/// Follows one blocking query ([`consul::blocking::follow`]) until the loop
+/// is gone: news goes to `tx`, an index that went back (Consul's state was
+/// reset, even across a failure) sends [`Update::Reset`] first, and each
+/// change between failing and answering is one log line.
 async fn follow<T, F, Fut>(
     q: Query<T, F>,
     opts: WatchOptions,
@@ -334,32 +335,28 @@ async fn follow<T, F, Fut>(
     F: Fn(u64, Duration) -> Fut,
     Fut: std::future::Future<Output = Result<Indexed<T>, consul::Error>>,
 {
-    let (mut index, mut answered) = (0, 0);
-    let mut backoff = backoff();
+    let pace = Pace { wait: opts.wait, min_interval: opts.min_interval, backoff: backoff() };
     let mut failing = false;
-    loop {
-        let started = Instant::now();
-        let result = (q.ask)(index, opts.wait).await.map_err(WatchError::from).and_then(|a| {
-            let at = a.index;
-            (q.answer)(at, a.value).map(|update| (at, update))
-        });
-        match result {
-            Ok((at, update)) => {
+    let step = |step: Step<T>| {
+        let outcome = match step {
+            Step::Answer { value, index, answered } => (q.answer)(index, value).map(|update| (answered, update)),
+            Step::Failed(e) => Err(WatchError::from(e)),
+        };
+        match outcome {
+            Ok((answered, update)) => {
                 if q.sets_up {
                     stats.up.set(1);
                 }
-                backoff.reset();
                 if std::mem::take(&mut failing) {
                     info!("Consul's {} is readable again", q.what);
                 }
-                if at < answered && tx.send(Update::Reset).is_err() {
-                    return;
+                if answered.reset && tx.send(Update::Reset).is_err() {
+                    return Next::Stop;
                 }
-                answered = at;
-                if is_news(index, at) && tx.send(update).is_err() {
-                    return;
+                if answered.news && tx.send(update).is_err() {
+                    return Next::Stop;
                 }
-                index = next_index(index, at);
+                Next::Go
             }
             Err(e) => {
                 stats.errors.inc();
@@ -377,17 +374,14 @@ async fn follow<T, F, Fut>(
                 } else {
                     warn!(error = %e, "cannot follow Consul's {}; keeping what is known", q.what);
                 }
-                if let Some(failed) = q.failed {
-                    if tx.send(failed()).is_err() {
-                        return;
-                    }
+                match q.failed {
+                    Some(failed) if tx.send(failed()).is_err() => Next::Stop,
+                    _ => Next::Retry,
                 }
-                index = 0;
-                backoff.wait().await;
             }
         }
-        tokio::time::sleep_until(started + opts.min_interval).await;
-    }
+    };
+    consul::blocking::follow(pace, |index, wait| (q.ask)(index, wait), step, || std::future::ready(())).await;
 }
 
 /// The catalog's service list. Consul's own servers are always in it as

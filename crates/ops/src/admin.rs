@@ -1,5 +1,6 @@
-//! The admin endpoint every service serves: `/metrics` (Prometheus text,
-//! from a `prometheus_client` registry) and `/health`.
+//! The admin side every service has: its flags ([`AdminArgs`]), the endpoint
+//! it serves (`/metrics`, Prometheus text from a `prometheus_client`
+//! registry, and `/health`), and `--probe`, which asks that endpoint.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -51,6 +52,41 @@ pub fn router(registry: Arc<Registry>, health: HealthCheck) -> Router {
         )
 }
 
+/// The flags every service takes for logs, `/metrics` and `/health`
+/// (`#[command(flatten)]` them into its arguments).
+#[derive(Clone, Debug, clap::Args)]
+pub struct AdminArgs {
+    /// Ask the /health of the service running on this host (at
+    /// --metrics-addr) and exit 0 when healthy, 1 when not: a container healthcheck.
+    #[arg(long)]
+    pub probe: bool,
+    /// Address of /metrics and /health (empty: not served).
+    #[arg(long, env = "METRICS_ADDR", default_value = "0.0.0.0:9090")]
+    pub metrics_addr: AdminAddr,
+    /// Log format.
+    #[arg(long, value_enum, default_value = "text", env = "LOG_FORMAT")]
+    pub log_format: crate::LogFormat,
+}
+
+impl AdminArgs {
+    /// What a service does first: with `--probe`, probe and exit; else
+    /// start logging.
+    pub async fn start(&self) {
+        if self.probe {
+            probe_and_exit(self.metrics_addr).await;
+        }
+        crate::init_tracing(self.log_format);
+    }
+
+    /// The listener for [`serve`], when an address is set.
+    pub async fn bind(&self) -> std::io::Result<Option<tokio::net::TcpListener>> {
+        match self.metrics_addr.0 {
+            Some(addr) => tokio::net::TcpListener::bind(addr).await.map(Some),
+            None => Ok(None),
+        }
+    }
+}
+
 /// Where the admin endpoint listens: `host:port`, or empty for nowhere.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AdminAddr(pub Option<SocketAddr>);
@@ -98,24 +134,24 @@ pub async fn probe_and_exit(addr: AdminAddr) -> ! {
     std::process::exit(if healthy { 0 } else { 1 })
 }
 
-/// Serves [`router`] on `addr` until `shutdown`. Binding errors are returned;
-/// the caller decides whether the service can run without its admin endpoint.
-pub async fn serve(
-    addr: SocketAddr,
+/// Serves [`router`] on `listener` until `shutdown`.
+pub fn serve(
+    listener: tokio::net::TcpListener,
     registry: Arc<Registry>,
     health: HealthCheck,
     shutdown: CancellationToken,
-) -> std::io::Result<tokio::task::JoinHandle<()>> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    tracing::info!(%addr, "serving /metrics and /health");
-    Ok(tokio::spawn(async move {
+) -> tokio::task::JoinHandle<()> {
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "serving /metrics and /health");
+    }
+    tokio::spawn(async move {
         let served = axum::serve(listener, router(registry, health))
             .with_graceful_shutdown(async move { shutdown.cancelled().await })
             .await;
         if let Err(e) = served {
             tracing::warn!(error = %e, "admin endpoint stopped");
         }
-    }))
+    })
 }
 
 #[cfg(test)]
@@ -125,6 +161,22 @@ mod tests {
     use prometheus_client::metrics::counter::Counter;
 
     use super::*;
+
+    #[test]
+    fn admin_flags_parse_with_their_defaults_and_an_empty_address_turns_the_endpoint_off() {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            admin: AdminArgs,
+        }
+        let cli = <Cli as clap::Parser>::parse_from(["x"]);
+        assert_eq!(cli.admin.metrics_addr, AdminAddr(Some("0.0.0.0:9090".parse().unwrap())));
+        assert!(!cli.admin.probe);
+        let cli = <Cli as clap::Parser>::parse_from(["x", "--metrics-addr", "", "--probe", "--log-format", "json"]);
+        assert_eq!(cli.admin.metrics_addr, AdminAddr(None));
+        assert!(cli.admin.probe && cli.admin.log_format == crate::LogFormat::Json);
+        assert!(<Cli as clap::Parser>::try_parse_from(["x", "--metrics-addr", "nowhere"]).is_err());
+    }
 
     #[tokio::test]
     async fn serves_metrics_and_health_verdicts() {
@@ -139,10 +191,9 @@ mod tests {
                 move || if flag.load(Ordering::Relaxed) { Ok(String::new()) } else { Err("consul unreachable".into()) },
             );
         let shutdown = CancellationToken::new();
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        drop(listener);
-        let task = serve(addr, Arc::new(registry), health, shutdown.clone()).await.unwrap();
+        let task = serve(listener, Arc::new(registry), health, shutdown.clone());
 
         let metrics = reqwest::get(format!("http://{addr}/metrics")).await.unwrap().text().await.unwrap();
         assert!(metrics.contains("t_things_total 3"), "{metrics}");

@@ -2,13 +2,23 @@
 //!
 //! # Layout
 //!
-//! - [`LogFormat`] and [`init_tracing`]: human or JSON logs, filtered by `RUST_LOG`.
+//! - [`LogFormat`] and [`init_tracing`]: human or JSON logs, filtered by
+//!   `RUST_LOG`, coloured only on a terminal.
 //! - [`shutdown_signal`] and [`shutdown_token`]: SIGTERM or SIGINT.
 //! - [`go_style_args`]: accepts Go-style `-flag` spellings of long flags.
-//! - [`admin`]: the `/metrics` and `/health` endpoint.
+//! - [`admin`]: the admin flags every service takes ([`admin::AdminArgs`]),
+//!   the `/metrics` and `/health` endpoint, and `--probe`.
+//! - [`metrics`]: helpers for the Prometheus metrics both services keep.
+//! - [`backoff`]: [`Backoff`], the retry policy of every loop that retries.
+//! - [`supervise`]: keeping a child process running.
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod backoff;
+pub mod metrics;
+pub mod supervise;
+
+pub use backoff::Backoff;
 
 use tracing_subscriber::EnvFilter;
 
@@ -34,15 +44,36 @@ pub fn init_tracing(format: LogFormat) {
     }
 }
 
-/// Resolves when the process is asked to stop (SIGTERM or SIGINT).
+/// Resolves when the process is asked to stop (SIGTERM or SIGINT). Where a
+/// handler cannot be installed (said in the log), that signal keeps its
+/// default action, which ends the process at once.
 pub async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("install SIGINT handler");
+    let wait = |kind: SignalKind, name: &'static str| async move {
+        match signal(kind) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot handle {name}; it stops the process without a graceful shutdown");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
     tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+        _ = wait(SignalKind::terminate(), "SIGTERM") => {}
+        _ = wait(SignalKind::interrupt(), "SIGINT") => {}
     }
+}
+
+/// A duration in whole milliseconds, for log fields (saturating).
+pub fn millis(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// A count as a gauge value (saturating).
+pub fn gauge_value(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
 }
 
 /// A token cancelled when the process is asked to stop (SIGTERM or SIGINT).

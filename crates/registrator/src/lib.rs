@@ -14,8 +14,10 @@
 //! - [`placement`]: whether the agent is this host's and `-ip` one of its addresses.
 //! - [`metrics`]: what `/metrics` reports.
 //! - [`config`]: command line and environment.
+//! - [`app`]: the wiring from arguments to a running registrar.
 #![forbid(unsafe_code)]
 
+pub mod app;
 pub mod config;
 pub mod container;
 pub mod docker;

@@ -1,13 +1,10 @@
 //! What registrator counts, exposed at `/metrics`.
 
-use std::sync::atomic::AtomicU64;
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -15,10 +12,8 @@ pub struct ActionLabel {
     pub action: String,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct KindLabel {
-    pub kind: &'static str,
-}
+pub use ops::metrics::KindLabel;
+use ops::metrics::Timestamp;
 
 /// Registrator's metrics; clones share the same values.
 #[derive(Clone, Debug)]
@@ -32,7 +27,7 @@ pub struct Metrics {
     pub consul_errors: Counter,
     pub docker_errors: Counter,
     /// Unix time of the last reconcile that succeeded.
-    pub last_success: Gauge<f64, AtomicU64>,
+    pub last_success: Timestamp,
     /// Services registered by this registrator.
     pub services: Gauge,
     /// 1 while the Docker event stream is connected.
@@ -51,7 +46,7 @@ impl Default for Metrics {
             events: Family::default(),
             registrations: Counter::default(),
             deregistrations: Counter::default(),
-            reconcile_seconds: Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.0005, 2.0, 16))),
+            reconcile_seconds: ops::metrics::durations_by_kind(),
             consul_errors: Counter::default(),
             docker_errors: Counter::default(),
             last_success: Gauge::default(),
@@ -90,7 +85,6 @@ impl Metrics {
     }
 
     pub fn mark_success(&self) {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or_default();
-        self.last_success.set(now);
+        ops::metrics::set_to_now(&self.last_success);
     }
 }

@@ -13,8 +13,10 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use consul::{AgentService, Backoff, Registration};
+use consul::blocking::{Next, Pace, Step};
+use consul::{AgentService, Registration};
 use futures_util::{StreamExt, stream};
+use ops::Backoff;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -92,40 +94,41 @@ impl HostAgent {
 /// out of reach (this host cut off) are asked at most once per look.
 async fn follow_catalog(agent: &HostAgent, node: String, tx: mpsc::UnboundedSender<Work>, shutdown: CancellationToken) {
     let (client, in_catalog) = (&agent.client, &agent.in_catalog);
-    let mut index = 0;
     let mut known: Option<HashSet<String>> = None;
-    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
-    loop {
-        let answer = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            answer = client.node_services_since(&node, index, Duration::from_secs(300)) => answer,
-        };
-        match answer {
-            Ok(answer) => {
-                backoff.reset();
-                // An index that went back (a restarted cluster) starts over.
-                index = if answer.index < index { 0 } else { answer.index };
-                let now: HashSet<String> = answer.value.map(|n| n.services.into_keys().collect()).unwrap_or_default();
-                in_catalog.lock().unwrap_or_else(std::sync::PoisonError::into_inner).extend(now.iter().cloned());
-                if known.as_ref().is_some_and(|before| before.iter().any(|id| !now.contains(id))) {
-                    debug!(%node, "the catalog lost services of this node; looking at the agent");
-                    if tx.send(Work::CatalogLost).is_err() {
-                        return;
-                    }
-                }
-                known = Some(now);
-            }
-            Err(e) => {
-                debug!(%node, error = %e, "following this node in the catalog");
-                let answered = agent.answered.notified();
-                tokio::pin!(answered);
-                answered.as_mut().enable();
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = async { backoff.wait().await; answered.await } => {}
+    let pace = Pace {
+        wait: Duration::from_secs(300),
+        min_interval: Duration::from_millis(5),
+        backoff: Backoff::new(Duration::from_millis(200), Duration::from_secs(5)),
+    };
+    let step = |step: Step<Option<consul::NodeServices>>| match step {
+        Step::Answer { value, .. } => {
+            let now: HashSet<String> = value.map(|n| n.services.into_keys().collect()).unwrap_or_default();
+            in_catalog.lock().unwrap_or_else(std::sync::PoisonError::into_inner).extend(now.iter().cloned());
+            if known.as_ref().is_some_and(|before| before.iter().any(|id| !now.contains(id))) {
+                debug!(%node, "the catalog lost services of this node; looking at the agent");
+                if tx.send(Work::CatalogLost).is_err() {
+                    return Next::Stop;
                 }
             }
+            known = Some(now);
+            Next::Go
         }
+        Step::Failed(e) => {
+            debug!(%node, error = %e, "following this node in the catalog");
+            Next::Retry
+        }
+    };
+    // After a failure, the next query also waits until the agent answers
+    // one of the loop's own looks: an agent that is down is not probed twice.
+    let follow = consul::blocking::follow(
+        pace,
+        |index, wait| client.node_services_since(&node, index, wait),
+        step,
+        || agent.answered.notified(),
+    );
+    tokio::select! {
+        _ = shutdown.cancelled() => {}
+        _ = follow => {}
     }
 }
 
@@ -269,8 +272,8 @@ impl<D: Docker, A: Agent> Registrar<D, A> {
 
     fn publish(&self, state: &State) {
         let status = Status { unhealthy: state.unhealthy(), refused: state.refusals() };
-        self.metrics.refused.set(status.refused.len() as i64);
-        self.metrics.services.set(state.held_count() as i64);
+        self.metrics.refused.set(ops::gauge_value(status.refused.len()));
+        self.metrics.services.set(ops::gauge_value(state.held_count()));
         self.metrics.consul_up.set(i64::from(!state.consul_down()));
         if let Ok(mut s) = self.status.lock() {
             *s = status;
@@ -365,7 +368,7 @@ impl<D: Docker, A: Agent> Registrar<D, A> {
                     warn!(error = %reason, "Consul agent unreachable; retrying with backoff, registrations wait")
                 }
                 Note::ConsulUp { down_for } => {
-                    info!(down_ms = down_for.as_millis() as u64, "Consul agent reachable again; catching up")
+                    info!(down_ms = ops::millis(down_for), "Consul agent reachable again; catching up")
                 }
                 Note::ConsulLost { count } => {
                     warn!(count, "Consul lost services registered earlier (agent restarted?); registering them again")
@@ -375,7 +378,7 @@ impl<D: Docker, A: Agent> Registrar<D, A> {
                     warn!(error = %reason, "Docker engine unreachable; retrying with backoff")
                 }
                 Note::DockerUp { down_for } => {
-                    info!(down_ms = down_for.as_millis() as u64, "Docker engine reachable again")
+                    info!(down_ms = ops::millis(down_for), "Docker engine reachable again")
                 }
                 Note::Retained { container, exit_code } => warn!(
                     id = %short(&container), %exit_code,
@@ -413,7 +416,11 @@ async fn follow_events(engine: Engine, metrics: Metrics, tx: mpsc::UnboundedSend
     loop {
         // Replay from a second before connecting so nothing falls between
         // the stream and the full look that follows every (re)connect.
-        let since = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64 - 1).ok();
+        let since = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .ok()
+            .and_then(|d| i64::try_from(d.as_secs()).ok())
+            .map(|s| s - 1);
         let mut events = Box::pin(engine.events(since));
         let _ = tx.send(Work::Connected);
         loop {

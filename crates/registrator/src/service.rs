@@ -362,19 +362,21 @@ pub fn normalize_name(raw: &str) -> Result<String, String> {
 /// Splits `SERVICE_TAGS`: commas separate, `\,` is a literal comma;
 /// whitespace is trimmed, control characters dropped, empty tags skipped.
 pub fn split_tags(raw: &str) -> Vec<String> {
-    let mut tags = vec![String::new()];
+    let mut tags = Vec::new();
+    let mut tag = String::new();
     let mut chars = raw.chars().peekable();
     while let Some(ch) = chars.next() {
         match ch {
             '\\' if chars.peek() == Some(&',') => {
                 chars.next();
-                tags.last_mut().expect("never empty").push(',');
+                tag.push(',');
             }
-            ',' => tags.push(String::new()),
+            ',' => tags.push(std::mem::take(&mut tag)),
             ch if ch.is_control() => {}
-            ch => tags.last_mut().expect("never empty").push(ch),
+            ch => tag.push(ch),
         }
     }
+    tags.push(tag);
     // Trimmed again after the cap, which may end a tag on a space.
     tags.into_iter()
         .map(|t| t.trim().chars().take(MAX_TAG).collect::<String>().trim_end().to_owned())

@@ -14,7 +14,8 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
-use consul::{AgentService, Backoff, Registration};
+use consul::{AgentService, Registration};
+use ops::Backoff;
 use tokio::time::Instant;
 
 use crate::container::Container;

@@ -12,7 +12,7 @@ use haproxy_sync::config::Args;
 async fn main() {
     let argv: Vec<String> = std::env::args().collect();
     let args = <Args as clap::Parser>::parse_from(&argv);
-    ops::init_tracing(args.log_format);
+    ops::init_tracing(args.admin.log_format);
     let sync_bin = std::env::var_os("HAPROXY_SYNC_BIN").map(Into::into).unwrap_or_else(|| {
         std::env::current_exe().map(|me| me.with_file_name("haproxy-sync")).unwrap_or_else(|_| "haproxy-sync".into())
     });

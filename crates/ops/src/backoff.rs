@@ -1,12 +1,13 @@
-//! Jittered exponential backoff, the one retry policy every loop uses.
+//! Jittered exponential backoff: the one retry policy of every loop that
+//! retries (Consul and Docker requests, blocking queries, supervised processes).
 
 use std::time::Duration;
 
 use rand::Rng;
 
-/// "Full jitter" exponential backoff: the n-th delay is uniform in
-/// `[base * 2^n / 2, base * 2^n]`, capped at `max`. Call [`Backoff::reset`]
-/// after a success.
+/// Exponential backoff with "equal jitter": the n-th delay (from 0) is
+/// uniform in `[c / 2, c]` where `c = min(base * 2^n, max)`, so delays grow
+/// but never collapse to nothing. Call [`Backoff::reset`] after a success.
 #[derive(Clone, Debug)]
 pub struct Backoff {
     base: Duration,
@@ -25,7 +26,7 @@ impl Backoff {
         self.attempt = self.attempt.saturating_add(1);
         let ceiling = exp.min(self.max);
         let floor = ceiling / 2;
-        let span = ceiling.saturating_sub(floor).as_micros() as u64;
+        let span = u64::try_from(ceiling.saturating_sub(floor).as_micros()).unwrap_or(u64::MAX);
         floor + Duration::from_micros(if span == 0 { 0 } else { rand::rng().random_range(0..=span) })
     }
 
