@@ -14,7 +14,7 @@ use anyhow::{Context, bail};
 use consul::Registration;
 use futures_util::{StreamExt, stream};
 use serde::Serialize;
-use testkit::{TestConsul, free_port};
+use testkit::{TestConsul, stable_port};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::load::Load;
@@ -394,7 +394,7 @@ async fn large_catalog(
     // After each change the file is rewritten and checked (`haproxy -c`,
     // about as long as the first apply): the next change waits for that.
     let spacing = Duration::from_millis(1500).max(Duration::from_secs_f64(results.first_apply_ms * 1.5 / 1e3));
-    for k in 0..SAMPLES as u16 {
+    for k in 0..u16::try_from(SAMPLES)? {
         let svc = format!("s{}", (services / 2 + k as usize) % services);
         let addr = format!("127.0.9.{}", k + 1);
         let before = proxy.requests();
@@ -503,7 +503,7 @@ impl Sync {
     }
 
     fn start_with(bin: &Path, consul: &str, out: &Path, log: &str, extra: &[String]) -> anyhow::Result<Sync> {
-        let (http, admin) = (free_port(), free_port());
+        let (http, admin) = (stable_port(), stable_port());
         let dir = std::env::temp_dir().join(format!("portolan-bench-{http}"));
         std::fs::create_dir_all(&dir)?;
         let (config, runtime) = (dir.join("haproxy.cfg"), dir.join("admin.sock"));
@@ -513,7 +513,7 @@ impl Sync {
             .args(["--config", &config.display().to_string()])
             .args(["--master-socket", &dir.join("master.sock").display().to_string()])
             .args(["--runtime-socket", &runtime.display().to_string()])
-            .args(["--bind", "127.0.0.1", "--http-port", &http.to_string(), "--stats-port", &free_port().to_string()])
+            .args(["--bind", "127.0.0.1", "--http-port", &http.to_string(), "--stats-port", &stable_port().to_string()])
             .args(["--wait", WAIT, "--grace", "1", "--metrics-addr", &format!("127.0.0.1:{admin}")])
             .args(["--log-format", "json"])
             .args(extra)

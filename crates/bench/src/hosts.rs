@@ -138,21 +138,10 @@ async fn starts_to_routed(c: &Cluster, n: usize, r: &mut Results) {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut samples = Vec::new();
     for i in 0..n {
-        let out = three.docker(&[
-            "run",
-            "-d",
-            "-p",
-            ":80",
-            "-e",
-            "SERVICE_NAME=hello",
-            "-e",
-            "SERVICE_TAGS=rest",
-            "-e",
-            "SERVICE_LB_CHECK_PATH=/health",
-            "-e",
-            "DRAIN_SECONDS=1",
-            "portolan/hello:latest",
-        ]);
+        let mut args: Vec<String> = ["run", "-d", "-p", ":80"].map(str::to_owned).to_vec();
+        args.extend(e2e::hello_run_args());
+        args.push(e2e::image("hello"));
+        let out = three.docker(&args.iter().map(String::as_str).collect::<Vec<_>>());
         let id: String = String::from_utf8_lossy(&out.stdout).trim().chars().take(12).collect();
         let started = starts.of(&id).await;
         wait_for_host(&c.lbs[0], &id, Duration::from_secs(30)).await;

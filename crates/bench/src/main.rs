@@ -1,7 +1,12 @@
 //! `portolan-bench`: the project's benchmarks, against real Docker, Consul
 //! and HAProxy. `scripts/bench` builds the release binaries and runs it.
 #![forbid(unsafe_code)]
-#![allow(clippy::unwrap_used)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a benchmark stops at the first thing that goes wrong, saying what"
+)]
+#![allow(clippy::cast_precision_loss, reason = "statistics over counts and durations far below 2^52")]
 
 mod docker;
 mod haproxy;
@@ -12,6 +17,7 @@ mod plot;
 mod registrator;
 mod report;
 mod stack;
+mod startup;
 mod stats;
 
 use std::path::PathBuf;

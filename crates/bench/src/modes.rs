@@ -21,7 +21,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use e2e::{Answer, Stack};
 use serde::{Deserialize, Serialize};
-use testkit::free_port;
+use testkit::stable_port;
 
 use crate::docker::docker;
 use crate::load::{Load, Outcome};
@@ -94,7 +94,8 @@ fn override_file(mode: &str, metrics: u16, out: &Path) -> anyhow::Result<std::pa
             let template = out.join("classic.hbs");
             std::fs::write(&template, classic)?;
             let (cfg, pid) = ("/var/lib/haproxy-sync/haproxy.cfg", "/var/run/haproxy-sync/haproxy.pid");
-            let command = format!("p=$$(cat {pid} 2>/dev/null); exec haproxy -D -f {cfg} -p {pid} $${{p:+-sf $$p}}");
+            let command =
+                format!("p=; {{ read p < {pid}; }} 2>/dev/null; exec haproxy -D -f {cfg} -p {pid} $${{p:+-sf $$p}}");
             haproxy["entrypoint"] = serde_json::json!(["tini", "--", "haproxy-sync"]);
             haproxy["command"] = serde_json::json!([
                 "consul://consul:8500",
@@ -105,14 +106,28 @@ fn override_file(mode: &str, metrics: u16, out: &Path) -> anyhow::Result<std::pa
                 "--command",
                 command
             ]);
-            haproxy["volumes"] =
-                serde_json::json!([format!("{}:/etc/haproxy-sync/classic.hbs:ro", template.display())]);
+            // The image has no shell and `--command` runs one: the host's
+            // dash is lent to it (it needs only the image's glibc).
+            haproxy["volumes"] = serde_json::json!([
+                format!("{}:/etc/haproxy-sync/classic.hbs:ro", template.display()),
+                format!("{}:/usr/bin/sh:ro", host_shell()?.display()),
+            ]);
         }
     }
     // JSON is YAML: compose reads it as such.
     let path = out.join(format!("apply-{mode}.compose.yml"));
     std::fs::write(&path, serde_json::to_string_pretty(&serde_json::json!({ "services": { "haproxy": haproxy } }))?)?;
     Ok(path)
+}
+
+/// A POSIX shell of the host that loads only glibc (Debian's dash), for a
+/// container whose image has none.
+fn host_shell() -> anyhow::Result<std::path::PathBuf> {
+    ["/usr/bin/dash", "/bin/dash"]
+        .iter()
+        .map(std::path::PathBuf::from)
+        .find(|p| p.exists())
+        .ok_or_else(|| anyhow::anyhow!("no dash on this host (apt-get install dash)"))
 }
 
 /// A container beside the stack, removed when dropped.
@@ -125,7 +140,7 @@ impl Drop for Beside {
 }
 
 async fn one(mode: &'static str, opts: &Opts, out: &Path) -> anyhow::Result<Run> {
-    let metrics = free_port();
+    let metrics = stable_port();
     let stack = Stack::new(&format!("modes-{mode}")).with_override(override_file(mode, metrics, out)?);
     tokio::task::block_in_place(|| stack.up(1));
     let t0 = std::time::Instant::now();
@@ -159,10 +174,11 @@ async fn one(mode: &'static str, opts: &Opts, out: &Path) -> anyhow::Result<Run>
         let other = Beside(format!("{}-other-{cycle}", stack.project));
         let service = format!("SERVICE_NAME=other{cycle}");
         let network = stack.network();
+        let hello = e2e::image("hello");
         #[rustfmt::skip]
         let args = ["run", "-d", "--name", &other.0, "--network", &network, "-e", &service,
             "-e", "SERVICE_TAGS=rest", "-e", "SERVICE_LB_CHECK_PATH=/health", "-e", "DRAIN_SECONDS=1",
-            "portolan/hello:latest"];
+            &hello];
         tokio::task::block_in_place(|| docker(&args)).context("start the new service")?;
         tokio::time::sleep(Duration::from_millis(500)).await;
 

@@ -275,7 +275,10 @@ async fn record_events(action: &str, starts: Arc<Mutex<HashMap<String, SystemTim
         }
         let (Some(actor), Some(nanos)) = (ev.actor, ev.time_nano) else { continue };
         if let Some(id) = actor.id {
-            starts.lock().unwrap().insert(id, UNIX_EPOCH + Duration::from_nanos(nanos as u64));
+            starts
+                .lock()
+                .unwrap()
+                .insert(id, UNIX_EPOCH + Duration::from_nanos(u64::try_from(nanos).unwrap_or_default()));
         }
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 use serde_json::Value;
-use testkit::free_port;
+use testkit::stable_port;
 
 use crate::stats::rss_mib;
 
@@ -17,11 +17,17 @@ pub struct Footprint {
     pub demo_service_rss_mib: f64,
     /// Image name and size in MB, where the image exists locally.
     pub images: Vec<(String, f64)>,
+    /// How long each image takes to start and answer its health check.
+    pub startup: Vec<crate::startup::Startup>,
 }
 
-/// Idle memory of the demo service and the sizes of the stack's images.
+/// How many times each image is started for [`Footprint::startup`].
+const STARTS: usize = 5;
+
+/// Idle memory of the demo service, the sizes of the stack's images and
+/// how fast each starts.
 pub async fn footprint(bin_dir: &Path) -> anyhow::Result<Footprint> {
-    let port = free_port();
+    let port = stable_port();
     let mut demo = Command::new(bin_dir.join("demo-service"))
         .env("LISTEN", format!("127.0.0.1:{port}"))
         .stdin(Stdio::null())
@@ -34,14 +40,15 @@ pub async fn footprint(bin_dir: &Path) -> anyhow::Result<Footprint> {
     let _ = demo.kill();
     let _ = demo.wait();
     let mut images = Vec::new();
-    for image in ["portolan/registrator:latest", "portolan/haproxy:latest", "portolan/hello:latest"] {
-        let out = Command::new("docker").args(["image", "inspect", "-f", "{{.Size}}", image]).output()?;
+    for image in ["registrator", "haproxy", "hello"].map(e2e::image) {
+        let out = Command::new("docker").args(["image", "inspect", "-f", "{{.Size}}", &image]).output()?;
         if let Ok(bytes) = String::from_utf8_lossy(&out.stdout).trim().parse::<f64>() {
-            images.push((image.to_owned(), bytes / 1e6));
+            images.push((image, bytes / 1e6));
         }
     }
     eprintln!("[footprint] demo-service RSS {demo_service_rss_mib:.1} MiB; images {images:?}");
-    Ok(Footprint { demo_service_rss_mib, images })
+    let startup = crate::startup::run(STARTS).await?;
+    Ok(Footprint { demo_service_rss_mib, images, startup })
 }
 
 fn num(v: &Value, key: &str) -> f64 {
@@ -87,6 +94,39 @@ fn pcts(v: &Value) -> String {
         ms(&v["max_ms"]),
         v["n"]
     )
+}
+
+/// A histogram panel titled with the figure that matters: "name: p50 …, p99 … (n=…)".
+fn histogram<'a>(name: &str, v: &'a Value) -> crate::plot::Histogram<'a> {
+    let title = match v["n"].as_u64().unwrap_or(0) {
+        0 => format!("{name}: no samples"),
+        n => format!("{name}: p50 {}, p99 {} (n={n})", ms(&v["p50_ms"]), ms(&v["p99_ms"])),
+    };
+    crate::plot::Histogram { title, summary: v }
+}
+
+/// A growth panel's title: `name`, then figure `i` at the largest size.
+#[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "rounded non-negative figures for a title")]
+fn at_largest(name: &str, rows: &[(f64, Vec<f64>)], i: usize, unit: &str, what: &str) -> String {
+    let Some((size, figures)) = rows.iter().max_by(|a, b| a.0.total_cmp(&b.0)) else {
+        return format!("{name}: no runs");
+    };
+    let v = figures.get(i).copied().unwrap_or_default();
+    let v = if v >= 100.0 { crate::plot::thousands(v.round() as u64) } else { format!("{v:.1}") };
+    format!("{name}: {v} {unit} at {} {what}", crate::plot::thousands(*size as u64))
+}
+
+/// A growth panel's title: `name`, then figure `i` over every size, "5" or "6 to 7".
+fn over_all(name: &str, rows: &[(f64, Vec<f64>)], i: usize) -> String {
+    let values = rows.iter().filter_map(|r| r.1.get(i).copied());
+    let (lo, hi) = values.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| (lo.min(v), hi.max(v)));
+    if lo > hi {
+        format!("{name}: no runs")
+    } else if lo == hi {
+        format!("{name}: {lo} at every size")
+    } else {
+        format!("{name}: {lo} to {hi}")
+    }
 }
 
 fn list(v: &Value) -> String {
@@ -154,9 +194,10 @@ fn across_hosts(md: &mut String, h: &Value, dir: &Path) -> anyhow::Result<()> {
         h["swarm_failed"], h["swarm_requests"]
     )?;
     crate::plot::latency_histogram(
+        "Across hosts: container start → answering through the load balancer",
         &[
-            ("start on host 3 → routed on host 1", &h["start_to_routed"]),
-            ("Swarm task start → routed", &h["swarm_start_to_routed"]),
+            histogram("start on host 3 → routed on host 1", &h["start_to_routed"]),
+            histogram("Swarm task start → routed", &h["swarm_start_to_routed"]),
         ],
         &dir.join("hosts-latency.png"),
     )?;
@@ -221,9 +262,10 @@ pub fn write(out: &Path, dir: &Path, command: &str) -> anyhow::Result<()> {
         )?;
         writeln!(md, "| failed requests during all of it | {} |\n", stack["failed_requests"])?;
         crate::plot::latency_histogram(
+            &format!("Whole stack, one container at a time: {} failed requests", stack["failed_requests"]),
             &[
-                ("start → through HAProxy", &stack["start_to_haproxy"]),
-                ("kill → last routed", &stack["kill_to_last_routed"]),
+                histogram("Docker start → through HAProxy", &stack["start_to_haproxy"]),
+                histogram("kill → last request routed to it", &stack["kill_to_last_routed"]),
             ],
             &dir.join("stack-latency.png"),
         )?;
@@ -280,8 +322,25 @@ pub fn write(out: &Path, dir: &Path, command: &str) -> anyhow::Result<()> {
             reg["rss_idle_loaded_mib"].as_f64().unwrap_or_default()
         )?;
         let rows = growth_rows(&reg["resyncs"], |r| num(r, "running"), &["cold_resync_ms", "rss_mib"]);
-        let panels = [("registrator start → all in Consul", "ms"), ("registrator RSS", "MiB")];
-        crate::plot::growth(&rows, &panels, "running containers", &dir.join("registrator-growth.png"))?;
+        let panels = [
+            crate::plot::GrowthPanel {
+                title: at_largest("start → all in Consul", &rows, 0, "ms", "containers"),
+                y_desc: "registrator start → all in Consul (ms)",
+                series: "measured, against an empty Consul",
+            },
+            crate::plot::GrowthPanel {
+                title: at_largest("registrator RSS", &rows, 1, "MiB", "containers"),
+                y_desc: "resident memory (MiB)",
+                series: "measured, after the resync",
+            },
+        ];
+        crate::plot::growth(
+            "registrator with running containers",
+            &rows,
+            &panels,
+            "running containers",
+            &dir.join("registrator-growth.png"),
+        )?;
         writeln!(
             md,
             "Growth with running containers (grey: linear growth from the smallest size):\n\n![registrator growth](registrator-growth.png)\n"
@@ -368,9 +427,10 @@ pub fn write(out: &Path, dir: &Path, command: &str) -> anyhow::Result<()> {
              (`check`, `option httpchk`); everything else, the runtime API included, is the same.\n"
         )?;
         crate::plot::latency_histogram(
+            "Each alone: a change through registrator, a change through haproxy-sync",
             &[
-                ("registrator: start → Consul", &reg["start_to_consul"]),
-                ("haproxy-sync: Consul → serving", &hs["change_to_serving"]),
+                histogram("registrator: Docker start → in Consul", &reg["start_to_consul"]),
+                histogram("haproxy-sync: Consul → HAProxy serving", &hs["change_to_serving"]),
             ],
             &dir.join("latency.png"),
         )?;
@@ -392,14 +452,37 @@ pub fn write(out: &Path, dir: &Path, command: &str) -> anyhow::Result<()> {
             |l| num(l, "services") * num(l, "instances_per_service"),
             &["first_apply_ms", "one_change_apply_ms", "rss_mib", "max_connections", "most_requests_per_change"],
         );
+        let panel = |title, y_desc, series| crate::plot::GrowthPanel { title, y_desc, series };
         let panels = [
-            ("first full apply", "ms"),
-            ("one instance change applied", "ms"),
-            ("haproxy-sync RSS", "MiB"),
-            ("connections to Consul, most", "connections"),
-            ("requests to Consul per change, most", "requests"),
+            panel(
+                at_largest("first full apply", &rows, 0, "ms", "instances"),
+                "first apply, config file written (ms)",
+                "measured",
+            ),
+            panel(
+                at_largest("one change applied", &rows, 1, "ms", "instances"),
+                "one instance change applied (ms)",
+                "median of the samples",
+            ),
+            panel(
+                at_largest("haproxy-sync RSS", &rows, 2, "MiB", "instances"),
+                "resident memory (MiB)",
+                "measured, idle",
+            ),
+            panel(
+                over_all("connections to Consul, most at once", &rows, 3),
+                "connections at once",
+                "most at once, whole run",
+            ),
+            panel(over_all("requests to Consul per change", &rows, 4), "requests per change", "most for one change"),
         ];
-        crate::plot::growth(&rows, &panels, "instances in Consul", &dir.join("growth.png"))?;
+        crate::plot::growth(
+            "haproxy-sync with catalog size (no active checks)",
+            &rows,
+            &panels,
+            "instances in Consul (services × instances each)",
+            &dir.join("growth.png"),
+        )?;
         writeln!(
             md,
             "Growth with catalog size, no active checks (grey: linear growth from the smallest size):\n\n![growth with catalog size](growth.png)\n"
@@ -461,13 +544,142 @@ pub fn write(out: &Path, dir: &Path, command: &str) -> anyhow::Result<()> {
     }
     if !foot.is_null() {
         writeln!(md, "## Footprint\n")?;
-        writeln!(md, "- demo-service idle RSS: {:.1} MiB", foot["demo_service_rss_mib"].as_f64().unwrap_or_default())?;
+        writeln!(md, "demo-service idle RSS: {:.1} MiB.\n", foot["demo_service_rss_mib"].as_f64().unwrap_or_default())?;
+        writeln!(
+            md,
+            "The images (`FROM scratch`: the program, the libraries it loads, CA certificates, tini, a user), and how long each takes from `docker run` to answering its health check (`/health`, as `--probe` and the compose healthchecks ask; registrator and haproxy-sync with a Consul container beside them):\n"
+        )?;
+        writeln!(md, "| Image | Size | `docker run` → healthy | Target |\n|---|---|---|---|")?;
+        let startup = foot["startup"].as_array().cloned().unwrap_or_default();
         for i in foot["images"].as_array().into_iter().flatten() {
-            writeln!(md, "- image {}: {:.0} MB", i[0].as_str().unwrap_or_default(), i[1].as_f64().unwrap_or_default())?;
+            let image = i[0].as_str().unwrap_or_default();
+            let target = if image.contains("/haproxy:") { "≤ 60 MB, ≤ 1 s" } else { "≤ 20 MB, ≤ 1 s" };
+            let started = startup
+                .iter()
+                .find(|s| s["image"] == image)
+                .map(|s| {
+                    format!(
+                        "p50 {}, max {} (n={})",
+                        ms(&s["run_to_healthy"]["p50_ms"]),
+                        ms(&s["run_to_healthy"]["max_ms"]),
+                        s["run_to_healthy"]["n"]
+                    )
+                })
+                .unwrap_or_else(|| "not measured".to_owned());
+            writeln!(md, "| `{image}` | {:.1} MB | {started} | {target} |", i[1].as_f64().unwrap_or_default())?;
         }
         writeln!(md)?;
     }
     std::fs::write(dir.join("REPORT.md"), md)?;
     eprintln!("wrote {}", dir.join("REPORT.md").display());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use std::time::Duration;
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::load::Outcome;
+    use crate::stats::Summary;
+
+    fn summary(n: u32, from: f64, spread: f64) -> Value {
+        let samples: Vec<Duration> = (0..n)
+            .map(|i| Duration::from_secs_f64((from + spread * f64::from(i * 7 % n) / f64::from(n)) / 1e3))
+            .collect();
+        serde_json::to_value(Summary::of(&samples)).unwrap()
+    }
+
+    /// The report and every plot, from small made-up results (kept in
+    /// `$PLOTS_DIR` if set, to look at them).
+    #[test]
+    fn writes_the_report_and_its_plots() {
+        let keep = std::env::var_os("PLOTS_DIR").map(std::path::PathBuf::from);
+        let base = std::env::temp_dir().join(format!("portolan-report-{}", std::process::id()));
+        let (out, dir) = (base.join("out"), keep.unwrap_or_else(|| base.join("report")));
+        std::fs::create_dir_all(&out).unwrap();
+        let large = |services: u32, instances: u32, apply: f64, change: f64, rss: f64, conns: u32, per: [u32; 2]| {
+            json!({"services": services, "instances_per_service": instances, "active_checks": false,
+                "first_apply_ms": apply, "one_change_apply_ms": change, "rss_mib": rss,
+                "max_connections": conns, "requests_per_change": per})
+        };
+        let results = [
+            (
+                "registrator",
+                json!({"start_to_consul": summary(50, 5.5, 10.0), "killed": 50,
+                    "resyncs": [{"running": 50, "cold_resync_ms": 99.0, "rss_mib": 9.4},
+                                {"running": 200, "cold_resync_ms": 399.0, "rss_mib": 10.0}]}),
+            ),
+            (
+                "haproxy-sync",
+                json!({"change_to_serving": summary(50, 30.0, 12.0), "quiescence": "25ms:250ms",
+                    "large": [large(100, 10, 90.0, 0.5, 12.0, 4, [6, 6]), large(1000, 10, 660.0, 3.8, 26.9, 4, [6, 6]),
+                              large(10000, 3, 4448.0, 42.2, 95.6, 5, [6, 7])]}),
+            ),
+            (
+                "stack",
+                json!({"start_to_consul": summary(50, 8.0, 5.0), "start_to_haproxy": summary(50, 35.0, 72.0),
+                    "kill_to_last_routed": summary(50, 25.0, 120.0), "failed_requests": 0}),
+            ),
+            (
+                "hosts",
+                json!({"start_to_routed": summary(30, 53.0, 47.0), "swarm_start_to_routed": summary(15, 55.0, 195.0)}),
+            ),
+        ];
+        for (name, value) in results {
+            std::fs::write(out.join(format!("{name}.json")), value.to_string()).unwrap();
+        }
+        let outcome = |ok: u64, fail_at: usize| {
+            let series: Vec<(u64, u64)> =
+                (0..300).map(|i| (ok + (i as u64 * 7919) % ok, u64::from(i == fail_at))).collect();
+            Outcome {
+                requests: series.iter().map(|(ok, err)| ok + err).sum(),
+                failed: series.iter().map(|(_, err)| err).sum(),
+                series,
+                ..Outcome::default()
+            }
+        };
+        let events: Vec<(f64, String)> = (0..4)
+            .flat_map(|c| {
+                let t = 1.0 + f64::from(c) * 7.0;
+                [(t, "scale 1→10"), (t + 2.0, "new service"), (t + 3.5, "scale 10→1"), (t + 4.5, "service gone")]
+            })
+            .map(|(t, what)| (t, what.to_owned()))
+            .collect();
+        let runs: Vec<crate::modes::Run> = [("runtime", usize::MAX), ("reload", usize::MAX), ("sf", 123)]
+            .into_iter()
+            .map(|(mode, fail_at)| crate::modes::Run {
+                mode: mode.into(),
+                max: outcome(300, usize::MAX),
+                connections: 8,
+                fixed: outcome(20, fail_at),
+                rate: 200,
+                reloads: 8.0,
+                runtime_applies: 16.0,
+                seconds: 30.0,
+                events: events.clone(),
+            })
+            .collect();
+        std::fs::write(out.join("apply-modes.json"), serde_json::to_string(&runs).unwrap()).unwrap();
+
+        write(&out, &dir, "test").unwrap();
+        let report = std::fs::read_to_string(dir.join("REPORT.md")).unwrap();
+        for png in [
+            "stack-latency.png",
+            "hosts-latency.png",
+            "registrator-growth.png",
+            "latency.png",
+            "growth.png",
+            "apply-modes.png",
+        ] {
+            assert!(report.contains(png), "{png} not in the report");
+            let len = std::fs::metadata(dir.join(png)).map(|m| m.len()).unwrap_or(0);
+            assert!(len > 10_000, "{png}: {len} bytes");
+        }
+        std::fs::remove_dir_all(&base).unwrap();
+    }
 }

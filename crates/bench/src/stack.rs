@@ -63,25 +63,10 @@ pub async fn run(opts: &Opts) -> anyhow::Result<Results> {
     let (mut to_consul, mut to_haproxy, mut to_last, mut failed) = (Vec::new(), Vec::new(), Vec::new(), 0);
     for i in 0..opts.starts {
         let name = format!("{}-probe-{i}", stack.project);
-        let id = crate::docker::docker(&[
-            "run",
-            "-d",
-            "--name",
-            &name,
-            "--network",
-            &network,
-            "-e",
-            "SERVICE_NAME=hello",
-            "-e",
-            "SERVICE_TAGS=rest",
-            "-e",
-            "SERVICE_LB_CHECK_PATH=/health",
-            "-e",
-            "DRAIN_SECONDS=1",
-            "--label",
-            "portolan-bench=stack",
-            "portolan/hello:latest",
-        ])?;
+        let mut args: Vec<String> = ["run", "-d", "--name", &name, "--network", &network].map(str::to_owned).to_vec();
+        args.extend(e2e::hello_run_args());
+        args.extend(["--label".to_owned(), "portolan-bench=stack".to_owned(), e2e::image("hello")]);
+        let id = crate::docker::docker(&args.iter().map(String::as_str).collect::<Vec<_>>())?;
         let host: String = id.chars().take(12).collect();
         let (mut in_consul, mut in_haproxy) = (None, None);
         let t0 = Instant::now();
@@ -148,6 +133,10 @@ async fn record(events: Arc<Mutex<HashMap<(String, String), SystemTime>>>) {
         let (Some(action), Some(actor), Some(nanos)) = (ev.action, ev.actor, ev.time_nano) else { continue };
         let Some(id) = actor.id else { continue };
         let action = action.split(':').next().unwrap_or_default().to_owned();
-        events.lock().unwrap().entry((action, id)).or_insert(UNIX_EPOCH + Duration::from_nanos(nanos as u64));
+        events
+            .lock()
+            .unwrap()
+            .entry((action, id))
+            .or_insert(UNIX_EPOCH + Duration::from_nanos(u64::try_from(nanos).unwrap_or_default()));
     }
 }

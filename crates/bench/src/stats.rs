@@ -17,6 +17,7 @@ pub struct Summary {
 }
 
 impl Summary {
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "a rank between 1 and the sample count")]
     pub fn of(samples: &[Duration]) -> Self {
         if samples.is_empty() {
             return Self::default();

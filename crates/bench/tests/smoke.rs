@@ -81,7 +81,11 @@ fn every_scenario_runs_small_and_the_report_is_written() {
     assert_eq!(hosts["swarm_start_to_routed"]["n"], 3, "{hosts}");
 
     bench(&out, &["footprint"]);
-    assert!(json(&out, "footprint")["demo_service_rss_mib"].as_f64().unwrap() > 0.0);
+    let footprint = json(&out, "footprint");
+    assert!(footprint["demo_service_rss_mib"].as_f64().unwrap() > 0.0);
+    let started = footprint["startup"].as_array().unwrap();
+    assert_eq!(started.len(), 3, "every image started: {started:?}");
+    assert!(started.iter().all(|s| s["run_to_healthy"]["n"].as_u64() == Some(5)), "{started:?}");
 
     let dir = out.join("report");
     bench(&out, &["report", "--dir", dir.to_str().unwrap()]);

@@ -19,11 +19,11 @@ fn root() -> PathBuf {
 }
 
 /// The images every host gets.
-pub const IMAGES: &[&str] =
-    &["portolan/registrator:latest", "portolan/haproxy:latest", "portolan/hello:latest", CONSUL_IMAGE];
-
-/// The Consul image the compose files default to.
-pub const CONSUL_IMAGE: &str = "hashicorp/consul:1.20";
+pub fn images() -> Vec<String> {
+    let mut images: Vec<String> = ["registrator", "haproxy", "hello"].map(crate::image).to_vec();
+    images.push(crate::consul_image());
+    images
+}
 
 /// A set of hosts, removed when dropped.
 pub struct Hosts {
@@ -52,7 +52,7 @@ impl Hosts {
         let mut hosts = Self { set: set.into(), lan: lan.into(), hosts: Vec::new() };
         hosts.script(&["down"]);
         let mut args = vec!["up".to_string(), n.to_string()];
-        args.extend(IMAGES.iter().map(|s| s.to_string()));
+        args.extend(images());
         hosts.script(&args.iter().map(String::as_str).collect::<Vec<_>>());
         hosts.hosts = (1..=n)
             .map(|index| Host {
@@ -529,6 +529,8 @@ impl Swarm {
         let mut deploy = one.docker_command(&["stack", "deploy", "--resolve-image", "never", "-c"]);
         deploy.arg(root().join("compose/stack.yml")).arg(Self::STACK);
         // Each node's registrator mounts that node's engine socket (scripts/hosts swarm).
+        // `docker stack` reads no compose/.env: the Consul image is passed on.
+        deploy.env("CONSUL_IMAGE", crate::consul_image());
         deploy.env("DOCKER_SOCKET", format!("/tmp/portolan-hosts/{set}/nodes/{{{{.Node.ID}}}}.sock"));
         checked(deploy, &["stack", "deploy"]);
         let lb = Lb::at(&format!("{}:80", one.ip));

@@ -3,6 +3,8 @@
 //! Consul. Each [`Stack`] is a compose project of its own on free host ports,
 //! torn down when dropped, so it never touches a stack the user runs.
 #![forbid(unsafe_code)]
+// Test support: a step of the stack that fails fails the test, with a message.
+#![allow(clippy::expect_used)]
 
 pub mod hosts;
 
@@ -36,6 +38,40 @@ pub enum Answer {
     Status(u16),
     /// No HTTP answer at all (refused, reset, timeout).
     Failed(String),
+}
+
+/// The image this checkout builds for `name` (`hello`, `registrator`,
+/// `haproxy`): `portolan/<name>:<the workspace's version>`, the tag the
+/// compose files give it.
+pub fn image(name: &str) -> String {
+    format!("portolan/{name}:{}", env!("CARGO_PKG_VERSION"))
+}
+
+/// `docker run` arguments that make a container of [`image`]`("hello")`
+/// what the compose stack's `hello` is: registered as `hello`, tagged
+/// `rest`, checked at `/health`, draining for a second when stopped.
+pub fn hello_run_args() -> Vec<String> {
+    let mut args = Vec::new();
+    for env in ["SERVICE_NAME=hello", "SERVICE_TAGS=rest", "SERVICE_LB_CHECK_PATH=/health", "DRAIN_SECONDS=1"] {
+        args.extend(["-e".to_owned(), env.to_owned()]);
+    }
+    args
+}
+
+/// The Consul image the compose files run: `CONSUL_IMAGE` from the
+/// environment, else from `compose/.env` (where `scripts/base-images`
+/// names a local build), else the compose files' default.
+pub fn consul_image() -> String {
+    if let Some(image) = std::env::var("CONSUL_IMAGE").ok().filter(|i| !i.is_empty()) {
+        return image;
+    }
+    let env_file = std::fs::read_to_string(compose_file().with_file_name(".env")).unwrap_or_default();
+    env_file
+        .lines()
+        .find_map(|l| l.strip_prefix("CONSUL_IMAGE="))
+        .map(|i| i.trim().to_owned())
+        .filter(|i| !i.is_empty())
+        .unwrap_or_else(|| "hashicorp/consul:1.20".to_owned())
 }
 
 fn compose_file() -> PathBuf {
@@ -254,11 +290,99 @@ async fn get(http: &reqwest::Client, base: &str, path: &str) -> Answer {
     }
 }
 
+impl Stack {
+    /// Removes every container and the network of the project, and any
+    /// container started beside it on its network: `docker compose down -v
+    /// --remove-orphans`, with what that leaves (a container compose does
+    /// not know keeps the network) removed before and after.
+    fn tear_down(&self) {
+        let network = self.network();
+        let label = format!("label=com.docker.compose.project={}", self.project);
+        let strays = |filter: &str| -> Vec<String> {
+            let mut ids = docker_lines(&["ps", "-aq", "--filter", filter]);
+            let ours = docker_lines(&["ps", "-aq", "--filter", &label]);
+            ids.retain(|id| !ours.contains(id));
+            ids
+        };
+        // Containers on the network that compose did not start: the network
+        // cannot go while they are attached.
+        let beside = strays(&format!("network={network}"));
+        if !beside.is_empty() {
+            let mut args = vec!["rm", "-f", "-v"];
+            args.extend(beside.iter().map(String::as_str));
+            let _ = docker_out(&args);
+        }
+        match self.compose_command(&["down", "-v", "--remove-orphans", "-t", "5"]).output() {
+            Ok(out) if out.status.success() => {}
+            Ok(out) => eprintln!(
+                "docker compose down for {}: {}\n{}",
+                self.project,
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            ),
+            Err(e) => eprintln!("docker compose down for {}: {e}", self.project),
+        }
+        // Whatever is still there: the project's containers, any on its
+        // network, the network.
+        let mut left = docker_lines(&["ps", "-aq", "--filter", &label]);
+        left.extend(docker_lines(&["ps", "-aq", "--filter", &format!("network={network}")]));
+        left.sort();
+        left.dedup();
+        if !left.is_empty() {
+            eprintln!("{}: removing {} container(s) compose left", self.project, left.len());
+            let mut args = vec!["rm", "-f", "-v"];
+            args.extend(left.iter().map(String::as_str));
+            let _ = docker_out(&args);
+        }
+        if docker_out(&["network", "inspect", &network]).is_some_and(|o| o.status.success()) {
+            let removed = docker_out(&["network", "rm", &network]).is_some_and(|o| o.status.success());
+            eprintln!("{}: network {network} left by compose; removed: {removed}", self.project);
+        }
+    }
+}
+
+/// `docker <args>`, run to the end (None if the CLI could not run).
+fn docker_out(args: &[&str]) -> Option<Output> {
+    Command::new("docker").args(args).output().ok()
+}
+
+/// The lines `docker <args>` prints (none if it failed).
+fn docker_lines(args: &[&str]) -> Vec<String> {
+    docker_out(args)
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).lines().map(str::to_owned).filter(|l| !l.is_empty()).collect())
+        .unwrap_or_default()
+}
+
+/// Everything of the stack goes, however the test ends: a panic unwinds
+/// through here as a return does.
 impl Drop for Stack {
     fn drop(&mut self) {
         if std::thread::panicking() {
             eprintln!("--- logs of {} ---\n{}", self.project, self.logs());
         }
-        let _ = self.compose_command(&["down", "-v", "--remove-orphans", "-t", "5"]).output();
+        self.tear_down();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    /// The compose files tag the images with the workspace's version, so a
+    /// release bump that forgets them fails here.
+    #[test]
+    fn the_compose_files_run_the_images_of_this_version() {
+        for file in ["docker-compose.yml", "cluster.yml", "stack.yml"] {
+            let text = std::fs::read_to_string(compose_file().with_file_name(file)).unwrap();
+            for name in ["registrator", "haproxy", "hello"] {
+                let line = format!("image: portolan/{name}:${{PORTOLAN_VERSION:-{}}}", env!("CARGO_PKG_VERSION"));
+                assert!(text.contains(&line), "{file} lacks {line:?}");
+            }
+            assert!(text.contains("image: ${CONSUL_IMAGE:-hashicorp/consul:1.20}"), "{file}: the Consul image");
+            assert!(!text.contains(":latest"), "{file} names a :latest image");
+        }
     }
 }

@@ -70,7 +70,7 @@ async fn scaled_instances_are_routed_and_resolvable() {
     let seed = Seed(format!("{}-hello1", stack.project));
     let ran = std::process::Command::new("docker")
         .args(["run", "-d", "--name", &seed.0, "-e", "SERVICE_NAME=hello1", "-e", "SERVICE_TAGS=rest"])
-        .args(["-h", "hello1", "-p", ":80", "portolan/hello"])
+        .args(["-h", "hello1", "-p", ":80", &e2e::image("hello")])
         .output()
         .unwrap();
     assert!(ran.status.success(), "{}", String::from_utf8_lossy(&ran.stderr));

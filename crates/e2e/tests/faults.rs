@@ -1,9 +1,11 @@
-//! Faults on the whole compose stack, one after another, under steady load
-//! through HAProxy. After each, the stack must converge within a stated
-//! bound: the `hello` services in Consul are exactly the running `hello`
-//! containers (none missing, none stale, no duplicates) and HAProxy routes
-//! to exactly those. Each fault prints its time to converge and the
-//! requests that failed during it (`cargo test -- --nocapture` shows them).
+//! Faults on the whole compose stack under steady load through HAProxy, one
+//! test each on a stack of its own (torn down however the test ends), so one
+//! that fails hides none of the others. After each fault, the stack must
+//! converge within a stated bound: the `hello` services in Consul are
+//! exactly the running `hello` containers (none missing, none stale, no
+//! duplicates) and HAProxy routes to exactly those. Each fault prints its
+//! time to converge and the requests that failed during it
+//! (`cargo test -- --nocapture` shows them).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -63,6 +65,26 @@ async fn converge(stack: &Stack, consul: &consul::Client, fault: &str, bound: Du
     }
 }
 
+/// A stack named `faults-<name>` with `hello` scaled to `hello`, converged,
+/// and a client of its Consul agent.
+async fn converged_stack(name: &str, hello: usize) -> (Stack, consul::Client) {
+    let stack = Stack::new(&format!("faults-{name}"));
+    tokio::task::block_in_place(|| stack.up(hello));
+    let consul = consul::Client::new(&consul::Settings {
+        base: Some(format!("http://127.0.0.1:{}/", stack.consul_port).parse().unwrap()),
+        ..Default::default()
+    })
+    .unwrap();
+    converge(&stack, &consul, &format!("{name}: start"), Duration::from_secs(30)).await;
+    (stack, consul)
+}
+
+/// The churn takes the Docker engine to itself (exclusive), every other
+/// fault shares it (two at a time, as the test harness runs them): each
+/// fault's figures and its bound are about that fault, not about 200
+/// containers starting beside it. Not poisoned by a test that fails.
+static ENGINE: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
 /// Two clients sending requests through HAProxy back to back.
 struct Steady(Load, Load);
 
@@ -79,16 +101,51 @@ impl Steady {
     }
 }
 
-/// Runs `sh -c script` in the stack's `service` container.
-fn exec(stack: &Stack, service: &str, script: &str) {
-    stack.compose(&["exec", "-T", service, "sh", "-c", script]);
+/// An image with a shell (the stack's own images hold none): the churn's
+/// containers with a shell health check run the demo service in it.
+const TOOLS: &str = "debian:trixie-slim";
+
+/// One process of a container, as the host sees it.
+#[derive(Debug)]
+struct Proc {
+    pid: u32,
+    ppid: u32,
+    comm: String,
 }
 
-/// SIGKILL to every process of the container named `comm` (read from /proc: the images have no pkill).
-fn kill_script(comm: &str) -> String {
-    format!(
-        r#"for p in /proc/[0-9]*; do [ "$(cat $p/comm 2>/dev/null)" = "{comm}" ] && kill -9 "${{p#/proc/}}"; done; true"#
-    )
+/// The processes of the stack's `service` container (`docker top`: host
+/// PIDs, so they are signalled from here; the images have no shell or
+/// `kill` of their own).
+fn processes(stack: &Stack, service: &str) -> Vec<Proc> {
+    tokio::task::block_in_place(|| {
+        let out = stack.compose(&["ps", "-q", service]);
+        let id = String::from_utf8_lossy(&out.stdout).lines().next().expect("the service runs").to_owned();
+        let out = std::process::Command::new("docker").args(["top", &id, "-eo", "pid,ppid,comm"]).output().unwrap();
+        assert!(out.status.success(), "docker top {service}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .skip(1)
+            .filter_map(|l| {
+                let mut f = l.split_whitespace();
+                Some(Proc { pid: f.next()?.parse().ok()?, ppid: f.next()?.parse().ok()?, comm: f.next()?.to_owned() })
+            })
+            .collect()
+    })
+}
+
+/// SIGKILL, at once, to the processes of `service` that `pick` chooses
+/// (given all of them); asserts there was one, naming `what`.
+fn kill(stack: &Stack, service: &str, what: &str, pick: impl Fn(&Proc, &[Proc]) -> bool) {
+    let all = processes(stack, service);
+    let pids: Vec<String> = all.iter().filter(|p| pick(p, &all)).map(|p| p.pid.to_string()).collect();
+    assert!(!pids.is_empty(), "no {what} process in {service}: {all:?}");
+    let out = std::process::Command::new("kill").arg("-9").args(&pids).output().expect("kill");
+    assert!(out.status.success(), "kill -9 {pids:?} ({what}): {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// SIGKILL to every process of `service` named `comm`.
+fn kill_named(stack: &Stack, service: &str, comm: &str) {
+    kill(stack, service, comm, |p, _| p.comm == comm);
 }
 
 fn report(fault: &str, took: Duration, load: &LoadReport) {
@@ -106,19 +163,12 @@ fn scale(stack: &Stack, n: usize) {
     });
 }
 
+/// registrator killed with SIGKILL in the middle of a burst of starts
+/// (2 → 5 `hello`); Docker's restart policy brings it back and it resyncs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_stack_converges_after_every_fault_and_restarts_fail_no_request() {
-    let stack = Stack::new("faults");
-    tokio::task::block_in_place(|| stack.up(2));
-    let consul = consul::Client::new(&consul::Settings {
-        base: Some(format!("http://127.0.0.1:{}/", stack.consul_port).parse().unwrap()),
-        ..Default::default()
-    })
-    .unwrap();
-    converge(&stack, &consul, "start", Duration::from_secs(30)).await;
-
-    // registrator killed with SIGKILL in the middle of a burst of starts;
-    // Docker's restart policy brings it back and it resyncs.
+async fn registrator_killed_mid_burst_converges_and_fails_no_request() {
+    let _engine = ENGINE.read().await;
+    let (stack, consul) = converged_stack("registrator", 2).await;
     let load = Steady::start(&stack);
     let burst = tokio::process::Command::from(stack.compose_command(&[
         "up",
@@ -130,57 +180,77 @@ async fn the_stack_converges_after_every_fault_and_restarts_fail_no_request() {
     ]))
     .stdout(std::process::Stdio::null())
     .stderr(std::process::Stdio::null())
+    // A test that fails stops the burst before the stack goes.
+    .kill_on_drop(true)
     .spawn()
     .unwrap();
     tokio::time::sleep(Duration::from_millis(700)).await;
-    tokio::task::block_in_place(|| exec(&stack, "registrator", &kill_script("registrator")));
+    kill_named(&stack, "registrator", "registrator");
     assert!(burst.wait_with_output().await.unwrap().status.success());
     let took = converge(&stack, &consul, "registrator SIGKILL", Duration::from_secs(20)).await;
     let seen = load.stop().await;
     report("registrator SIGKILL mid-burst", took, &seen);
     assert!(seen.failed.is_empty(), "{:?}", seen.failed);
+}
 
-    // haproxy-sync killed with SIGKILL: HAProxy serves on, haproxy-keeper
-    // restarts haproxy-sync, and a scale-down after is followed.
+/// haproxy-sync killed with SIGKILL: HAProxy serves on, haproxy-keeper
+/// restarts haproxy-sync, and a scale-down after (5 → 3 `hello`) is followed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn haproxy_sync_killed_converges_and_fails_no_request() {
+    let _engine = ENGINE.read().await;
+    let (stack, consul) = converged_stack("haproxy-sync", 5).await;
     let load = Steady::start(&stack);
-    tokio::task::block_in_place(|| exec(&stack, "haproxy", &kill_script("haproxy-sync")));
+    kill_named(&stack, "haproxy", "haproxy-sync");
     tokio::time::sleep(Duration::from_millis(500)).await;
     scale(&stack, 3);
     let took = converge(&stack, &consul, "haproxy-sync SIGKILL", Duration::from_secs(20)).await;
     let seen = load.stop().await;
     report("haproxy-sync SIGKILL", took, &seen);
     assert!(seen.failed.is_empty(), "{:?}", seen.failed);
+}
 
-    // One HAProxy worker killed with SIGKILL: its master notices (and, as
-    // HAProxy does by default, stops the rest); haproxy-keeper starts
-    // HAProxy again on the last configuration if it went.
+/// One HAProxy worker killed with SIGKILL: its master notices (and, as
+/// HAProxy does by default, stops the rest); haproxy-keeper starts HAProxy
+/// again on the last configuration if it went.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_haproxy_worker_killed_converges() {
+    let _engine = ENGINE.read().await;
+    let (stack, consul) = converged_stack("worker", 3).await;
     let load = Steady::start(&stack);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let worker = r#"for p in /proc/[0-9]*; do
-        [ "$(cat $p/comm 2>/dev/null)" = haproxy ] || continue
-        parent=$(sed -n 's/^PPid:[[:space:]]*//p' $p/status)
-        [ "$(cat /proc/$parent/comm 2>/dev/null)" = haproxy ] && kill -9 "${p#/proc/}"
-    done; true"#;
-    tokio::task::block_in_place(|| exec(&stack, "haproxy", worker));
+    // A process named haproxy whose parent (the master) is named haproxy.
+    kill(&stack, "haproxy", "HAProxy worker", |p, all| {
+        p.comm == "haproxy" && all.iter().any(|parent| parent.pid == p.ppid && parent.comm == "haproxy")
+    });
     let took = converge(&stack, &consul, "HAProxy worker SIGKILL", Duration::from_secs(20)).await;
     let seen = load.stop().await;
     report("HAProxy worker SIGKILL", took, &seen);
     assert!(seen.ok > 0);
+}
 
-    // Every HAProxy process killed (master and workers): haproxy-keeper
-    // starts HAProxy again on the last configuration. Requests fail while
-    // nothing listens; the count is reported, convergence asserted.
+/// Every HAProxy process killed (master and workers): haproxy-keeper starts
+/// HAProxy again on the last configuration. Requests fail while nothing
+/// listens; the count is reported, convergence asserted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn haproxy_master_and_workers_killed_converge() {
+    let _engine = ENGINE.read().await;
+    let (stack, consul) = converged_stack("haproxy", 3).await;
     let load = Steady::start(&stack);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    tokio::task::block_in_place(|| exec(&stack, "haproxy", &kill_script("haproxy")));
+    kill_named(&stack, "haproxy", "haproxy");
     let took = converge(&stack, &consul, "HAProxy SIGKILL", Duration::from_secs(20)).await;
     let seen = load.stop().await;
     report("HAProxy master and workers SIGKILL", took, &seen);
     assert!(seen.ok > 0);
+}
 
-    // Consul stopped for 30 s while containers start and stop, registrator
-    // restarted meanwhile (so it starts before Consul is reachable); Consul
-    // comes back empty (dev mode keeps nothing).
+/// Consul stopped for 30 s while containers start and stop (3 → 5 → 2
+/// `hello`), registrator restarted meanwhile (so it starts before Consul is
+/// reachable); Consul comes back empty (dev mode keeps nothing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consul_away_30_s_and_back_empty_converges() {
+    let _engine = ENGINE.read().await;
+    let (stack, consul) = converged_stack("consul", 3).await;
     let load = Steady::start(&stack);
     tokio::task::block_in_place(|| stack.compose(&["stop", "-t", "1", "consul"]));
     let down = Instant::now();
@@ -193,11 +263,18 @@ async fn the_stack_converges_after_every_fault_and_restarts_fail_no_request() {
     let seen = load.stop().await;
     report("Consul stopped 30 s, restarted empty", took, &seen);
     assert!(seen.ok > 0);
+}
 
-    // Churn: 200 containers of `hello` started and stopped beside the
-    // compose-managed ones, at most 24 alive at once; a quarter killed with
-    // SIGKILL, some renamed while running, some with a Docker health check
-    // that flips every 2 s.
+/// Churn: 200 containers of `hello` started and stopped beside the
+/// compose-managed ones (2), at most 24 alive at once; a quarter killed
+/// with SIGKILL, some renamed while running, some with a Docker health
+/// check that flips every 2 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_churn_of_200_containers_converges() {
+    let _engine = ENGINE.write().await;
+    let (stack, consul) = converged_stack("churn", 2).await;
+    // Declared after the stack, so dropped before it: the churn's
+    // containers are gone before the stack's network goes.
     let _sweep = Sweep(format!("label=portolan-churn={}", stack.project));
     let load = Steady::start(&stack);
     let t0 = Instant::now();
@@ -212,12 +289,22 @@ async fn the_stack_converges_after_every_fault_and_restarts_fail_no_request() {
 
 /// Starts and stops `n` containers of the demo image registered as `hello`, `parallel` at a time.
 async fn churn(stack: &Stack, n: usize, parallel: usize) {
+    // The image the stack's own `hello` runs, whatever its tag.
+    let image = tokio::task::block_in_place(|| {
+        let out = stack.compose(&["ps", "-q", "hello"]);
+        let id = String::from_utf8_lossy(&out.stdout).lines().next().expect("the stack runs hello").to_owned();
+        let out = std::process::Command::new("docker").args(["inspect", "-f", "{{.Image}}", &id]).output().unwrap();
+        assert!(out.status.success(), "docker inspect {id}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    });
+    let demo_service = workspace_binary("demo-service");
     let limit = std::sync::Arc::new(tokio::sync::Semaphore::new(parallel));
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..n {
         let permit = limit.clone().acquire_owned().await.unwrap();
         let (name, network) = (format!("{}-churn-{i}", stack.project), stack.network());
         let label = format!("portolan-churn={}", stack.project);
+        let (image, demo_service) = (image.clone(), demo_service.clone());
         tasks.spawn_blocking(move || {
             let _permit = permit;
             let mut args: Vec<String> =
@@ -226,14 +313,19 @@ async fn churn(stack: &Stack, n: usize, parallel: usize) {
                 args.extend(["-e".to_owned(), env.to_owned()]);
             }
             if i % 4 == 3 {
-                // Healthy for two seconds, unhealthy for two, and so on.
+                // Healthy for two seconds, unhealthy for two, and so on: a
+                // shell check, so the demo service runs from this build in
+                // an image with a shell (its own has none).
                 args.extend(
                     ["--health-cmd", "[ $(( $(date +%s) / 2 % 2 )) -eq 0 ]", "--health-interval", "500ms"]
                         .map(str::to_owned),
                 );
-                args.extend(["--health-retries", "1"].map(str::to_owned));
+                args.extend(["--health-retries", "1", "-e", "LISTEN=0.0.0.0:80"].map(str::to_owned));
+                args.extend(["-v".to_owned(), format!("{}:/usr/local/bin/demo-service:ro", demo_service.display())]);
+                args.extend([TOOLS, "demo-service"].map(str::to_owned));
+            } else {
+                args.push(image);
             }
-            args.push("portolan/hello:latest".to_owned());
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
             let ok = docker(&args);
             std::thread::sleep(Duration::from_millis(300 + (i as u64 * 137) % 1200));
@@ -270,4 +362,15 @@ impl Drop for Sweep {
 /// Runs the Docker CLI; whether it succeeded.
 fn docker(args: &[&str]) -> bool {
     std::process::Command::new("docker").args(args).output().is_ok_and(|o| o.status.success())
+}
+
+/// A binary of this workspace's debug build (`scripts/test` builds them all
+/// before the tests run).
+fn workspace_binary(name: &str) -> std::path::PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target"));
+    let path = target.join("debug").join(name);
+    assert!(path.exists(), "{} is missing: run `cargo build --workspace` first (scripts/test does)", path.display());
+    path.canonicalize().unwrap()
 }

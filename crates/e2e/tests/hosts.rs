@@ -12,6 +12,8 @@
 //! removed at the end whatever happened (`harness = false`: this file is its
 //! own test runner). Arguments filter scenarios by name, as with libtest.
 
+#![allow(clippy::expect_used)]
+
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -330,7 +332,7 @@ async fn guard_rails(c: &Cluster) {
         "REGISTRATOR_OWNER=misplaced",
         "-e",
         "SERVICE_IGNORE=true",
-        "portolan/registrator:latest",
+        &e2e::image("registrator"),
         "--metrics-addr=",
         &format!("-ip={}", c.host(2).ip),
         "--tags=misplaced",

@@ -13,7 +13,7 @@ use axum::http::Uri;
 use clap::Parser;
 use consul::{Check, Registration};
 use haproxy_sync::config::Args;
-use testkit::{TestConsul, eventually, free_port};
+use testkit::{TestConsul, eventually, stable_port, unique_name};
 use tokio_util::sync::CancellationToken;
 
 const LIMIT: Duration = Duration::from_secs(10);
@@ -43,8 +43,10 @@ impl Lb {
 
     /// With Consul at `url` (a proxy in front of it, say).
     async fn start_at(url: &str, extra: &[&str]) -> Lb {
-        let (http, stats, admin) = (free_port(), free_port(), free_port());
-        let dir = std::env::temp_dir().join(format!("haproxy-sync-test-{http}"));
+        // HAProxy binds the first two and haproxy-sync the admin endpoint
+        // from its arguments: ports below the ephemeral range.
+        let (http, stats, admin) = (stable_port(), stable_port(), stable_port());
+        let dir = std::env::temp_dir().join(unique_name("haproxy-sync-test-"));
         std::fs::create_dir_all(&dir).unwrap();
         let mut argv: Vec<String> = [
             "haproxy-sync",
@@ -314,15 +316,15 @@ struct Keeper {
 
 impl Keeper {
     fn start(consul: &TestConsul) -> Keeper {
-        let http = free_port();
-        let dir = std::env::temp_dir().join(format!("haproxy-keeper-test-{http}"));
+        let http = stable_port();
+        let dir = std::env::temp_dir().join(unique_name("haproxy-keeper-test-"));
         std::fs::create_dir_all(&dir).unwrap();
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_haproxy-keeper"))
             .arg(consul.url())
             .args(["--config", &dir.join("haproxy.cfg").display().to_string()])
             .args(["--master-socket", &dir.join("master.sock").display().to_string()])
             .args(["--runtime-socket", &dir.join("admin.sock").display().to_string()])
-            .args(["--bind", "127.0.0.1", "--http-port", &http.to_string(), "--stats-port", &free_port().to_string()])
+            .args(["--bind", "127.0.0.1", "--http-port", &http.to_string(), "--stats-port", &stable_port().to_string()])
             .args(["--wait", "10ms:100ms", "--grace", "1", "--metrics-addr", ""])
             .env("HAPROXY_SYNC_BIN", env!("CARGO_BIN_EXE_haproxy-sync"))
             .spawn()
@@ -343,7 +345,7 @@ impl Keeper {
 impl Drop for Keeper {
     fn drop(&mut self) {
         let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).expect("pid")),
             nix::sys::signal::Signal::SIGTERM,
         );
         let _ = self.child.wait();
@@ -577,7 +579,7 @@ async fn a_thousand_services_route_through_a_consul_with_default_limits_on_few_c
         r.unwrap().unwrap();
     }
     let proxy = testkit::CountingProxy::start(consul.http).await;
-    let dir = std::env::temp_dir().join(format!("haproxy-sync-smoke-{}", free_port()));
+    let dir = std::env::temp_dir().join(unique_name("haproxy-sync-smoke-"));
     std::fs::create_dir_all(&dir).unwrap();
     let template = unchecked_template(&dir).display().to_string();
     let lb = Lb::start_at(&format!("http://{}", proxy.addr), &["--template", &template]).await;
@@ -618,8 +620,8 @@ async fn consul_away_costs_a_few_requests_and_one_log_line_per_query_then_it_fol
     let (a, b) = (backend().await, backend().await);
     register(&consul, "h-a", "hello", a, &[]).await;
     let proxy = testkit::CountingProxy::start(consul.http).await;
-    let http = free_port();
-    let dir = std::env::temp_dir().join(format!("haproxy-sync-outage-{http}"));
+    let http = stable_port();
+    let dir = std::env::temp_dir().join(unique_name("haproxy-sync-outage-"));
     std::fs::create_dir_all(&dir).unwrap();
     let log = dir.join("haproxy-sync.log");
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_haproxy-sync"))
@@ -627,7 +629,7 @@ async fn consul_away_costs_a_few_requests_and_one_log_line_per_query_then_it_fol
         .args(["--config", &dir.join("haproxy.cfg").display().to_string()])
         .args(["--master-socket", &dir.join("master.sock").display().to_string()])
         .args(["--runtime-socket", &dir.join("admin.sock").display().to_string()])
-        .args(["--bind", "127.0.0.1", "--http-port", &http.to_string(), "--stats-port", &free_port().to_string()])
+        .args(["--bind", "127.0.0.1", "--http-port", &http.to_string(), "--stats-port", &stable_port().to_string()])
         .args(["--wait", "10ms:100ms", "--grace", "1", "--metrics-addr", "", "--log-format", "json"])
         .stdout(std::process::Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap())
@@ -664,7 +666,10 @@ async fn consul_away_costs_a_few_requests_and_one_log_line_per_query_then_it_fol
     consul.restart().await;
     register(&consul, "h-b", "hello", b, &[]).await;
     eventually("the new instance routed after Consul's return", Duration::from_secs(30), || answers(b)).await;
-    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM);
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid")),
+        nix::sys::signal::Signal::SIGTERM,
+    );
     let _ = child.wait();
     let _ = std::process::Command::new("pkill").arg("-f").arg(dir.display().to_string()).status();
     let lines: Vec<serde_json::Value> =
@@ -689,7 +694,7 @@ async fn a_runtime_change_the_file_cannot_follow_is_taken_back() {
     register(&consul, "h-a", "hello", a, &[]).await;
     // A template whose file HAProxy refuses once b's instance is in it: the
     // runtime API takes b, `haproxy -c` refuses the file that says so.
-    let dir = std::env::temp_dir().join(format!("haproxy-sync-undo-{}", free_port()));
+    let dir = std::env::temp_dir().join(unique_name("haproxy-sync-undo-"));
     std::fs::create_dir_all(&dir).unwrap();
     let template =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../haproxy/haproxy.cfg.hbs")).unwrap();

@@ -509,7 +509,7 @@ async fn run_md_the_documented_run_command() {
         &format!("--name={registrator}"),
         "--net=host",
         "--volume=/var/run/docker.sock:/tmp/docker.sock",
-        "portolan/registrator:latest",
+        &format!("portolan/registrator:{}", env!("CARGO_PKG_VERSION")),
         &uri,
     ]);
     scene.containers.push(registrator.clone());

@@ -1,9 +1,18 @@
 //! Real parts for tests: a Consul dev agent on loopback ports of its own,
-//! free ports, and polling until a condition holds.
+//! ports for servers other processes run, unique names, and polling until a
+//! condition holds.
+//!
+//! No port here is picked by binding port 0 and closing the listener: the
+//! kernel hands such a port to the next outgoing connection as readily as
+//! to the server meant to take it. A server the test runs in-process binds
+//! port 0 and keeps its listener; a port another process must be told comes
+//! from [`stable_port`], below the ephemeral range.
 //!
 //! Tests need the `consul` and `haproxy` binaries on `PATH`
 //! (`scripts/install-deps` installs both).
 #![forbid(unsafe_code)]
+// Test support: a part that cannot be set up fails the test, with a message.
+#![allow(clippy::expect_used)]
 
 use std::net::{SocketAddr, TcpListener};
 use std::process::{Child, Command, Stdio};
@@ -19,22 +28,21 @@ fn fresh_port(port: u16) -> bool {
     HANDED_OUT.lock().map(|mut seen| seen.insert(port)).unwrap_or(true)
 }
 
-/// A free TCP port on 127.0.0.1 (free when asked; good enough for tests),
-/// never the same twice in one process.
-pub fn free_port() -> u16 {
-    loop {
-        let port =
-            TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("bind 127.0.0.1:0");
-        if fresh_port(port) {
-            return port;
-        }
-    }
+/// A name no other call gives, in this process or any other running now
+/// (`<prefix><pid>-<nnnn>`, of one width, so none is the start of another
+/// and a `pgrep -f` for one finds no other): for temporary files, Docker
+/// objects, Consul nodes and policies a test makes.
+pub fn unique_name(prefix: &str) -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{prefix}{}-{n:04}", std::process::id())
 }
 
 /// A free port below the kernel's ephemeral range (where neither outgoing
 /// connections nor Docker's randomly published ports are given one), for a
-/// server a test stops and starts again on the same port: nothing else can
-/// take it meanwhile. Free on TCP and UDP, on every address, when asked;
+/// server in another process (a Consul agent, HAProxy, a published
+/// container port) that must be told its port, and one a test stops and
+/// starts again on the same port: nothing else can take it meanwhile. Free on TCP and UDP, on every address, when asked;
 /// picked at random so parallel tests rarely try the same one.
 pub fn stable_port() -> u16 {
     use std::net::UdpSocket;
@@ -95,7 +103,7 @@ impl TestConsul {
 
     /// Starts an agent with extra command-line arguments.
     pub async fn start_with(extra: &[&str]) -> Self {
-        let node = format!("test-{}", free_port());
+        let node = unique_name("test-");
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         let (child, http, dns, serf) = spawn(&node, None, &extra);
         let consul = Self { child, http, dns, serf, node, extra, data_dir: None };
@@ -106,7 +114,7 @@ impl TestConsul {
     /// Starts a second agent, a client (no server) on a node of its own,
     /// joined to this one's cluster: another host, as Consul sees it.
     pub async fn join_client(&self) -> Self {
-        let node = format!("test-client-{}", free_port());
+        let node = unique_name("test-client-");
         let data_dir = std::env::temp_dir().join(&node);
         std::fs::create_dir_all(&data_dir).expect("client agent data dir");
         let extra: Vec<String> = [
@@ -138,7 +146,7 @@ impl TestConsul {
     /// `master`. Returns the token's secret and its accessor ID.
     pub async fn acl_token(&self, master: &str, rules: &str) -> (String, String) {
         let http = reqwest::Client::new();
-        let name = format!("policy-{}", free_port());
+        let name = unique_name("policy-");
         let put = |path: &str, body: serde_json::Value| {
             http.put(format!("{}/v1/acl/{path}", self.url())).header("X-Consul-Token", master).json(&body).send()
         };
@@ -235,15 +243,15 @@ fn spawn(node: &str, ports: Option<(SocketAddr, SocketAddr)>, extra: &[String]) 
 
 fn spawn_agent(node: &str, ports: Option<(SocketAddr, SocketAddr)>, dev: bool, extra: &[String]) -> Spawned {
     let (http, dns) = ports.unwrap_or_else(|| {
-        (SocketAddr::from(([127, 0, 0, 1], free_port())), SocketAddr::from(([127, 0, 0, 1], free_port())))
+        (SocketAddr::from(([127, 0, 0, 1], stable_port())), SocketAddr::from(([127, 0, 0, 1], stable_port())))
     });
-    let serf = free_port();
+    let serf = stable_port();
     let hcl = format!(
         "ports {{ http = {} dns = {} serf_lan = {} serf_wan = -1 server = {} grpc = -1 }}",
         http.port(),
         dns.port(),
         serf,
-        free_port()
+        stable_port()
     );
     let child = Command::new("consul")
         .args([

@@ -4,11 +4,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use consul::{ConsulArgs, Registration};
-use testkit::{TestConsul, free_port};
+use testkit::{TestConsul, stable_port, unique_name};
 
 #[tokio::test]
 async fn consul_unix_addresses_reach_the_agent_through_its_socket() {
-    let socket = std::env::temp_dir().join(format!("consul-{}.sock", free_port()));
+    let socket = std::env::temp_dir().join(format!("{}.sock", unique_name("consul-")));
     let hcl = format!("addresses {{ http = \"127.0.0.1 unix://{}\" }}", socket.display());
     let consul = TestConsul::start_with(&["-hcl", &hcl]).await;
 
@@ -40,11 +40,12 @@ fn certificates(dir: &std::path::Path) {
 
 #[tokio::test]
 async fn consul_tls_addresses_verify_the_agent_and_present_a_client_certificate() {
-    let dir = std::env::temp_dir().join(format!("consul-tls-{}", free_port()));
+    let dir = std::env::temp_dir().join(unique_name("consul-tls-"));
     std::fs::create_dir_all(&dir).unwrap();
     certificates(&dir);
     let file = |name: &str| dir.join(name).display().to_string();
-    let https = free_port();
+    // The agent must be told its port: one below the ephemeral range.
+    let https = stable_port();
     // The agent asks every HTTPS client for a certificate its CA signed.
     let hcl = format!(
         r#"ports {{ https = {https} }} verify_incoming = true ca_file = "{}" cert_file = "{}" key_file = "{}""#,

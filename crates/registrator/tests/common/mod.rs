@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use consul::{AgentService, HealthStatus};
-use testkit::{TestConsul, eventually, free_port};
+use testkit::{TestConsul, eventually, stable_port, unique_name};
 
 pub const IMAGE: &str = "debian:trixie-slim";
 pub const LIMIT: Duration = Duration::from_secs(10);
@@ -22,7 +22,7 @@ pub struct Scene {
 
 impl Scene {
     pub fn new() -> Self {
-        let tag = format!("rt{}", free_port());
+        let tag = unique_name("rt");
         let network = format!("{tag}-net");
         docker(&["network", "create", &network]);
         Self { tag, network, containers: Vec::new() }
@@ -129,8 +129,9 @@ impl Process {
 
     /// The binary with `flags`, against the agent at `consul_uri`.
     pub fn launch(consul_uri: &str, owner: &str, flags: &[&str], token: Option<&str>, env: &[(&str, &str)]) -> Process {
-        let admin = free_port();
-        let log = std::env::temp_dir().join(format!("registrator-{owner}-{admin}.log"));
+        // The binary binds its admin endpoint itself: a port below the ephemeral range.
+        let admin = stable_port();
+        let log = std::env::temp_dir().join(format!("{}.log", unique_name(&format!("registrator-{owner}-"))));
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_registrator"));
         cmd.args(["--owner", owner, "--metrics-addr", &format!("127.0.0.1:{admin}"), "--log-format", "json"])
             .args(flags)
