@@ -341,10 +341,10 @@ impl Cluster {
                 [("registrator", REGISTRATOR_RULES, &t.registrator), ("haproxy-sync", HAPROXY_RULES, &t.haproxy)]
             {
                 let policy = serde_json::json!({ "Name": name, "Rules": rules });
-                cluster.consul_put(1, "/v1/acl/policy", &policy).await.expect("policy");
+                cluster.acl_put("/v1/acl/policy", &policy).await;
                 let token =
                     serde_json::json!({ "SecretID": secret, "Description": name, "Policies": [{ "Name": name }] });
-                cluster.consul_put(1, "/v1/acl/token", &token).await.expect("token");
+                cluster.acl_put("/v1/acl/token", &token).await;
             }
         }
         std::thread::scope(|s| {
@@ -354,6 +354,22 @@ impl Cluster {
         });
         cluster.converged().await;
         cluster
+    }
+
+    /// An ACL write on host 1, retried for up to 30 s: a new leader answers
+    /// 500 until it has set up its ACLs (the master token among them).
+    async fn acl_put(&self, path: &str, body: &serde_json::Value) {
+        let start = Instant::now();
+        loop {
+            match self.consul_put(1, path, body).await {
+                Ok(()) => return,
+                Err(e) if start.elapsed() < Duration::from_secs(30) => {
+                    eprintln!("PUT {path}: {e}; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(e) => panic!("PUT {path}: {e}"),
+            }
+        }
     }
 
     /// A PUT of JSON to the Consul API on host `i`.

@@ -139,8 +139,13 @@ fn kill(stack: &Stack, service: &str, what: &str, pick: impl Fn(&Proc, &[Proc]) 
     let all = processes(stack, service);
     let pids: Vec<String> = all.iter().filter(|p| pick(p, &all)).map(|p| p.pid.to_string()).collect();
     assert!(!pids.is_empty(), "no {what} process in {service}: {all:?}");
-    let out = std::process::Command::new("kill").arg("-9").args(&pids).output().expect("kill");
-    assert!(out.status.success(), "kill -9 {pids:?} ({what}): {}", String::from_utf8_lossy(&out.stderr));
+    // One may have exited since (an old HAProxy worker finishing, or one
+    // that goes with its master): at least one must be killed.
+    let killed = pids
+        .iter()
+        .filter(|pid| std::process::Command::new("kill").args(["-9", pid]).status().is_ok_and(|s| s.success()))
+        .count();
+    assert!(killed > 0, "kill -9 {pids:?} ({what}): none was there any more");
 }
 
 /// SIGKILL to every process of `service` named `comm`.

@@ -7,11 +7,17 @@
 //! - [`watch`]: two blocking queries and a few reads → [`model::Catalog`] snapshots.
 //! - [`model`]: pure routing rules: catalog → sanitised template data.
 //! - [`render`]: the handlebars template → configuration text.
-//! - [`haproxy`]: `haproxy -c`, the master process and its master CLI.
+//! - [`haproxy`]: `haproxy -c`, the master process (kept by
+//!   [`ops::supervise`]) and its two sockets.
 //! - [`slots`]: instances laid out on server slots; runtime API commands.
 //! - [`sync`]: quiescence, and the apply: runtime API or check, atomic write
 //!   and reload, as pure functions decide.
+//! - [`metrics`]: what `/metrics` reports.
+//! - [`keeper`]: haproxy-keeper's part: haproxy-sync kept running beside HAProxy.
 //! - [`config`]: command line and environment.
+//!
+//! [`run`] wires haproxy-sync and [`keep`] haproxy-keeper; the binaries
+//! only parse their arguments and call them.
 #![forbid(unsafe_code)]
 
 pub mod config;

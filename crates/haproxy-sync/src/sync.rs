@@ -1,5 +1,10 @@
-//! The apply loop: waits for Consul's state to settle, renders, checks with
-//! `haproxy -c`, writes atomically and reloads, only when the text changed.
+//! The apply loop: waits for Consul's state to settle ([`settle`]), renders
+//! the catalog, and applies it as pure functions decide from what is in
+//! force and what is wanted ([`first_step`], [`after_runtime`],
+//! [`file_step`]): nothing; instances through HAProxy's runtime API, the
+//! file written right after (a change the file cannot follow is taken
+//! back); or a structural change checked with `haproxy -c`, renamed into
+//! place and reloaded (retried with backoff until HAProxy runs it).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
