@@ -4,7 +4,7 @@ use std::time::Duration;
 use clap::Parser;
 
 /// A small HTTP service to scale and route to. `GET /` answers its hostname,
-/// the time and its language; `GET /health` answers 200.
+/// the time and its language; `GET /health` answers 200 (503 while it drains).
 #[derive(Debug, Parser)]
 #[command(name = "demo-service", version)]
 struct Args {

@@ -65,7 +65,8 @@ pub struct Args {
     pub external: bool,
     /// Run this shell command after each structural change is written,
     /// instead of reloading through the master CLI (for an HAProxy run
-    /// elsewhere, as Consul Template's `command`). Implies --external.
+    /// elsewhere, as Consul Template's `command`). haproxy-sync then runs no
+    /// HAProxy and takes it as running; needs `sh`, which the image lacks.
     #[arg(long, env = "HAPROXY_SYNC_COMMAND", value_name = "CMD")]
     pub command: Option<String>,
     /// Render once from Consul's current state, apply, and exit.

@@ -134,7 +134,7 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
             let plan = applier.plan(&catalog)?;
             applier.apply(plan, running).await.context("first configuration")?;
         }
-        None if applier.adopt_existing().await => {
+        None if applier.adopt_existing(running).await => {
             info!("Consul has not answered yet; starting with the configuration on disk")
         }
         None => {

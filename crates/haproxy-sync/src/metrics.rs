@@ -18,7 +18,7 @@ pub struct BackendLabel {
 /// haproxy-sync's metrics; clones share the same values.
 #[derive(Clone, Debug)]
 pub struct Metrics {
-    /// Consul queries that failed.
+    /// Consul queries and reads that failed (blocking queries, service reads, sweeps).
     pub consul_errors: Counter,
     /// 1 while Consul answers the watches.
     pub consul_up: Gauge,
@@ -60,7 +60,7 @@ impl Default for Metrics {
 impl Metrics {
     /// Adds every metric to `registry` (prefix it `haproxy_sync`).
     pub fn register(&self, registry: &mut Registry) {
-        registry.register("consul_errors", "Consul watch queries that failed", self.consul_errors.clone());
+        registry.register("consul_errors", "Consul queries and reads that failed", self.consul_errors.clone());
         registry.register("consul_up", "1 while Consul answers the watches", self.consul_up.clone());
         registry.register(
             "consul_service_reads",

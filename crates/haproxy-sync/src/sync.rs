@@ -167,11 +167,15 @@ impl Applier {
 
     /// Adopts the configuration file already on disk if HAProxy accepts it,
     /// so a restart serves the last applied state before Consul answers.
-    pub async fn adopt_existing(&mut self) -> bool {
+    /// With HAProxy `running`, the file may be ahead of it (the process
+    /// before this one stopped between a write and its reload): it is
+    /// loaded at the next apply.
+    pub async fn adopt_existing(&mut self, running: bool) -> bool {
         let Ok(text) = std::fs::read_to_string(&self.haproxy.config) else { return false };
         match self.haproxy.check(&self.haproxy.config).await {
             Ok(()) => {
                 self.file_text = Some(text);
+                self.reload_pending = running;
                 true
             }
             Err(e) => {
@@ -232,6 +236,10 @@ impl Applier {
                         return Ok(Applied::Runtime);
                     }
                     Then::UseFile => {
+                        // HAProxy runs each command of a batch on its own:
+                        // one refused, the others may be in force, which no
+                        // file says. Until a reload, the file is not what runs.
+                        self.reload_pending = true;
                         self.metrics.runtime_failures.inc();
                         if let Err(e) = runtime {
                             warn!(error = %e, "runtime API change failed; reloading instead");
@@ -247,7 +255,7 @@ impl Applier {
                         if after_undo(undone.is_ok()) == Then::ReloadFileInForce {
                             error!("cannot take the runtime change back; reloading the file in force");
                             self.reload_pending = true;
-                            if self.haproxy.reload().await.is_ok() {
+                            if self.load_file().await.is_ok() {
                                 self.reload_pending = false;
                             }
                         }
@@ -261,7 +269,17 @@ impl Applier {
         let text = self.text(&plan)?;
         let step = file_step(self.file_text.as_deref() == Some(text.as_str()), self.reload_pending, running);
         if let FileStep::Load { write: true } | FileStep::Leave { write: true } = step {
-            self.write_checked(&text).await?;
+            if let Err(e) = self.write_checked(&text).await {
+                if self.reload_pending && running {
+                    // HAProxy may run what no file says (a runtime batch
+                    // refused part-way): back to the file in force.
+                    error!(error = %e, "the new configuration cannot be written; reloading the file in force");
+                    if self.load_file().await.is_ok() {
+                        self.reload_pending = false;
+                    }
+                }
+                return Err(e);
+            }
             self.file_text = Some(text);
             self.reload_pending = true;
         }
@@ -276,11 +294,7 @@ impl Applier {
                 Ok(Applied::Written)
             }
             FileStep::Load { .. } => {
-                let reloaded = match &self.opts.reload_command {
-                    Some(command) => run_command(command).await,
-                    None => self.haproxy.reload().await,
-                };
-                if let Err(e) = reloaded {
+                if let Err(e) = self.load_file().await {
                     self.metrics.reload_failures.inc();
                     return Err(e.into());
                 }
@@ -289,6 +303,21 @@ impl Applier {
                 Ok(Applied::Reloaded)
             }
         }
+    }
+
+    /// Makes HAProxy load the file on disk: the user's `--command`, else a
+    /// reload through the master CLI.
+    async fn load_file(&self) -> Result<(), HaproxyError> {
+        match &self.opts.reload_command {
+            Some(command) => run_command(command).await,
+            None => self.haproxy.reload().await,
+        }
+    }
+
+    /// Marks the file on disk as not yet loaded: HAProxy (re)started while
+    /// it was being written, and may have read the one before.
+    pub fn mark_reload_pending(&mut self) {
+        self.reload_pending = true;
     }
 
     /// Checks `text` with `haproxy -c` and renames it into place; a text
@@ -488,7 +517,8 @@ pub async fn settle(rx: &mut watch::Receiver<Option<Catalog>>, min: Duration, ma
 }
 
 /// Applies every settled catalog until `shutdown`. A failed apply keeps the
-/// configuration in force and is retried with backoff.
+/// configuration in force; it is retried with backoff, except a
+/// configuration `haproxy -c` refuses, which waits for Consul's next change.
 pub async fn run(
     mut applier: Applier,
     mut rx: watch::Receiver<Option<Catalog>>,
@@ -524,6 +554,12 @@ pub async fn run(
         let running = *haproxy_ready.borrow();
         match applier.apply(planned, running).await {
             Ok(Applied::Unchanged) => retry = false,
+            // Written for an HAProxy that was not running, which started
+            // meanwhile and may have read the file before: load it.
+            Ok(Applied::Written) if !running && *haproxy_ready.borrow() => {
+                applier.mark_reload_pending();
+                retry = true;
+            }
             Ok(applied) => {
                 retry = false;
                 backoff.reset();

@@ -1,4 +1,4 @@
-//! The admin side every service has: its flags ([`AdminArgs`]), the endpoint
+//! The admin side registrator and haproxy-sync have: their flags ([`AdminArgs`]), the endpoint
 //! it serves (`/metrics`, Prometheus text from a `prometheus_client`
 //! registry, and `/health`), and `--probe`, which asks that endpoint.
 

@@ -1,4 +1,4 @@
-//! What every binary of the workspace shares to be operable.
+//! What the workspace's binaries share to be operable.
 //!
 //! # Layout
 //!

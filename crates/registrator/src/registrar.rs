@@ -1,8 +1,9 @@
 //! The loop around [`State`]: it takes Docker events and timers in, asks
 //! Docker and the Consul agent what [`State`] needs to know, carries out the
 //! ops it plans, and logs its notes. Every decision is the state's; this
-//! file only does I/O, in batches: a burst of events is one round, each
-//! container is inspected once in it, and the ops of a round run together.
+//! file only does I/O: each look and op starts as soon as the state allows,
+//! at most [`IN_FLIGHT`] against Docker and as many against the agent, and
+//! a burst of events about one container is one inspect.
 //!
 //! Docker and the agent are reached through two small traits, [`Docker`] and
 //! [`Agent`], so the loop's timing (batching, verify, retries, backoff) is
@@ -64,8 +65,9 @@ impl Docker for Engine {
 /// the node meanwhile (`reconnect_timeout`, `consul force-leave`), the
 /// catalog loses them, and the agent, back, does not push them again before
 /// its next anti-entropy round (minutes). A service the catalog had and has
-/// lost while the agent holds it is reported missing here, so the next
-/// verify registers it again, within seconds of the agent's return. A
+/// lost while the agent holds it is reported missing here, so the look that
+/// [`follow_catalog`] asks for as soon as the catalog loses it (or the next
+/// verify) registers it again, within seconds of the agent's return. A
 /// service the catalog never had (still on its way, or its sync refused) is
 /// left alone, so nothing is registered over and over.
 pub struct HostAgent {
@@ -531,8 +533,8 @@ struct Spell {
 }
 
 /// The loop itself, fed by `rx`: Docker events, and `Connected` for a full
-/// look. Every look and op runs as soon as it may (at most [`IN_FLIGHT`] at
-/// once): a container's changes never wait for another's inspect, and
+/// look. Every look and op runs as soon as it may (at most [`IN_FLIGHT`]
+/// against Docker and as many against the agent): a container's changes never wait for another's inspect, and
 /// events keep arriving while anything runs.
 pub async fn drive<D: Docker, A: Agent>(
     registrar: &Registrar<D, A>,
