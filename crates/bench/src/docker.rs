@@ -61,7 +61,7 @@ impl Scene {
         if let Ok(ids) = docker(&["ps", "-aq", "--filter", &filter]) {
             let ids: Vec<&str> = ids.split_whitespace().collect();
             if !ids.is_empty() {
-                let mut args = vec!["rm", "-f"];
+                let mut args = vec!["rm", "-f", "-v"];
                 args.extend(ids);
                 let _ = docker(&args);
             }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use serde::Serialize;
 
-use crate::docker::docker;
+use crate::docker::{Scene, docker};
 use crate::stats::Summary;
 
 #[derive(Debug, Serialize)]
@@ -19,33 +19,12 @@ pub struct Startup {
     pub run_to_healthy: Summary,
 }
 
-/// The scene's network and containers, removed on drop.
-struct Scene {
-    network: String,
-}
-
-impl Drop for Scene {
-    fn drop(&mut self) {
-        let label = format!("label=portolan-bench={}", self.network);
-        if let Ok(ids) = docker(&["ps", "-aq", "--filter", &label]) {
-            let ids: Vec<&str> = ids.split_whitespace().collect();
-            if !ids.is_empty() {
-                let mut args = vec!["rm", "-f", "-v"];
-                args.extend(ids);
-                let _ = docker(&args);
-            }
-        }
-        let _ = docker(&["network", "rm", &self.network]);
-    }
-}
-
-impl Scene {
-    fn run(&self, args: &[&str]) -> anyhow::Result<String> {
-        let label = format!("portolan-bench={}", self.network);
-        let mut all = vec!["run", "-d", "--label", &label, "--network", &self.network];
-        all.extend_from_slice(args);
-        Ok(docker(&all)?.trim().to_owned())
-    }
+/// Starts a container on the scene's network, labelled so the scene removes it.
+fn run_on(scene: &Scene, args: &[&str]) -> anyhow::Result<String> {
+    let label = format!("portolan-bench={}", scene.label);
+    let mut all = vec!["run", "-d", "--label", &label, "--network", &scene.network];
+    all.extend_from_slice(args);
+    docker(&all)
 }
 
 /// The container's address on `network`.
@@ -69,12 +48,11 @@ async fn until_healthy(http: &reqwest::Client, url: &str, t0: Instant) -> anyhow
 
 /// Starts each image `n` times; the time each took to answer its health check.
 pub async fn run(n: usize) -> anyhow::Result<Vec<Startup>> {
-    let scene = Scene { network: format!("portolan-bench-startup-{}", std::process::id()) };
-    docker(&["network", "create", "--label", &format!("portolan-bench={}", scene.network), &scene.network])?;
+    let scene = Scene::new(&format!("portolan-bench-startup-{}", std::process::id()))?;
     let http = reqwest::Client::builder().timeout(Duration::from_millis(500)).build()?;
     let consul_image = e2e::consul_image();
     let consul =
-        scene.run(&["--name", &format!("{}-consul", scene.network), "--network-alias", "consul", &consul_image])?;
+        run_on(&scene, &["--name", &format!("{}-consul", scene.label), "--network-alias", "consul", &consul_image])?;
     let consul_at = format!("http://{}:8500/v1/status/leader", address(&consul, &scene.network)?);
     until_healthy(&http, &consul_at, Instant::now()).await.context("Consul")?;
 
@@ -94,7 +72,7 @@ pub async fn run(n: usize) -> anyhow::Result<Vec<Startup>> {
                 args.push("consul://consul:8500");
             }
             let t0 = Instant::now();
-            let id = scene.run(&args)?;
+            let id = run_on(&scene, &args)?;
             let url = format!("http://{}:{port}/health", address(&id, &scene.network)?);
             let took = until_healthy(&http, &url, t0).await.with_context(|| format!("{image}\n{}", logs(&id)));
             docker(&["rm", "-f", "-v", &id])?;

@@ -314,9 +314,7 @@ async fn churn(stack: &Stack, n: usize, parallel: usize) {
             let _permit = permit;
             let mut args: Vec<String> =
                 ["run", "-d", "--name", &name, "--network", &network, "--label", &label].map(str::to_owned).to_vec();
-            for env in ["SERVICE_NAME=hello", "SERVICE_TAGS=rest", "SERVICE_LB_CHECK_PATH=/health", "DRAIN_SECONDS=1"] {
-                args.extend(["-e".to_owned(), env.to_owned()]);
-            }
+            args.extend(e2e::hello_run_args());
             if i % 4 == 3 {
                 // Healthy for two seconds, unhealthy for two, and so on: a
                 // shell check, so the demo service runs from this build in
