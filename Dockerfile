@@ -77,7 +77,7 @@ COPY --from=haproxy-bin --chown=10002:10002 /state/ /
 COPY haproxy/haproxy.cfg.hbs /etc/haproxy-sync/haproxy.cfg.hbs
 ENV PATH=/usr/local/bin:/usr/bin:/usr/sbin
 USER 10002:10002
-EXPOSE 80 1936
+EXPOSE 80 443 1936
 # haproxy-keeper runs HAProxy and haproxy-sync side by side and restarts
 # either if it dies: a crash of haproxy-sync never takes HAProxy down.
 # tini reaps HAProxy's old workers and forwards signals to the keeper.

@@ -6,6 +6,8 @@
 //! on a listener until a shutdown future resolves, then drains: it keeps
 //! answering for a drain delay while load balancers take it out (health
 //! turns 503), then stops accepting and finishes what is in flight.
+//! [`echo`] is a TCP service beside it (`--echo-listen`): a greeting with
+//! the hostname, then an echo.
 #![forbid(unsafe_code)]
 
 use std::future::Future;
@@ -94,6 +96,32 @@ pub async fn serve(
             tracing::warn!(grace_ms = ops::millis(grace), "grace period over; dropping remaining connections");
             Ok(())
         }
+    }
+}
+
+/// Serves TCP on `listener`: each connection is greeted with the hostname
+/// and a newline, then what it sends is echoed back, until it closes.
+pub async fn echo(listener: TcpListener) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let greeting = format!("{}\n", gethostname::gethostname().to_string_lossy());
+    loop {
+        let Ok((mut conn, _)) = listener.accept().await else {
+            // Out of descriptors, say: wait rather than spin.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let greeting = greeting.clone();
+        tokio::spawn(async move {
+            if conn.write_all(greeting.as_bytes()).await.is_err() {
+                return;
+            }
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = conn.read(&mut buf).await {
+                if n == 0 || conn.write_all(&buf[..n]).await.is_err() {
+                    return;
+                }
+            }
+        });
     }
 }
 

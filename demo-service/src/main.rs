@@ -18,6 +18,10 @@ struct Args {
     /// Seconds in-flight requests get to finish once the listener is closed.
     #[arg(long, env = "GRACE_SECONDS", default_value_t = 10)]
     grace: u64,
+    /// Also serve TCP on this address: each connection is greeted with the
+    /// hostname and a newline, then what it sends is echoed back.
+    #[arg(long, env = "ECHO_LISTEN")]
+    echo_listen: Option<SocketAddr>,
     /// Log format.
     #[arg(long, value_enum, default_value = "text", env = "LOG_FORMAT")]
     log_format: ops::LogFormat,
@@ -29,6 +33,11 @@ async fn main() -> std::io::Result<()> {
     ops::init_tracing(args.log_format);
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     tracing::info!(listen = %args.listen, "demo-service listening");
+    if let Some(addr) = args.echo_listen {
+        let echo = tokio::net::TcpListener::bind(addr).await?;
+        tracing::info!(listen = %addr, "TCP echo listening");
+        tokio::spawn(demo_service::echo(echo));
+    }
     let stopping = demo_service::Stopping {
         drain: Duration::try_from_secs_f64(args.drain).unwrap_or_default(),
         grace: Duration::from_secs(args.grace),

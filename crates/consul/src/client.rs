@@ -225,6 +225,61 @@ impl Client {
         self.blocking(format!("v1/catalog/node/{}", encode(node)), &[], index, wait).await
     }
 
+    /// Every key under `prefix` and its value, as a blocking query from
+    /// `index` (an empty list when there is none: Consul answers 404).
+    pub async fn kv_list(&self, prefix: &str, index: u64, wait: Duration) -> Result<Indexed<Vec<KvPair>>, Error> {
+        #[derive(serde::Deserialize)]
+        struct Raw {
+            #[serde(rename = "Key")]
+            key: String,
+            #[serde(rename = "Value")]
+            value: Option<String>,
+        }
+        let path = format!("v1/kv/{}", prefix.split('/').map(encode).collect::<Vec<_>>().join("/"));
+        let mut req = self.request(Method::GET, &path).query(&[("recurse", "true")]);
+        if index > 0 {
+            let wait_ms = wait.as_millis().max(1);
+            req = req
+                .query(&[("index", index.to_string()), ("wait", format!("{wait_ms}ms"))])
+                .timeout(wait + wait / 16 + Duration::from_secs(5));
+        }
+        let req = req.build().map_err(|source| Error::Transport { method: Method::GET, path: path.clone(), source })?;
+        let resp = self.http.execute(req).await.map_err(|source| Error::Transport {
+            method: Method::GET,
+            path: path.clone(),
+            source,
+        })?;
+        let index = index_of(&resp);
+        let status = resp.status();
+        let raw: Vec<Raw> = if status == reqwest::StatusCode::NOT_FOUND {
+            // No key under the prefix (yet): an answer, with its index.
+            Vec::new()
+        } else if status.is_success() {
+            resp.json().await.map_err(|source| Error::Decode { path, source })?
+        } else {
+            let body: String = resp.text().await.unwrap_or_default().chars().take(512).collect();
+            return Err(Error::Status { method: Method::GET, path, status, body: body.trim().to_owned() });
+        };
+        use base64::Engine;
+        let value = raw
+            .into_iter()
+            .map(|r| KvPair {
+                value: r
+                    .value
+                    .and_then(|v| base64::engine::general_purpose::STANDARD.decode(v).ok())
+                    .unwrap_or_default(),
+                key: r.key,
+            })
+            .collect();
+        Ok(Indexed { index, value })
+    }
+
+    /// Sets `key` to `value` (tests and tools).
+    pub async fn kv_put(&self, key: &str, value: &[u8]) -> Result<(), Error> {
+        let path = format!("v1/kv/{}", key.split('/').map(encode).collect::<Vec<_>>().join("/"));
+        self.ok(self.request(Method::PUT, &path).body(value.to_vec())).await
+    }
+
     async fn blocking<T: DeserializeOwned>(
         &self,
         path: String,
@@ -241,12 +296,7 @@ impl Client {
                 .timeout(wait + wait / 16 + Duration::from_secs(5));
         }
         let (resp, path) = self.send(req).await?;
-        let index = resp
-            .headers()
-            .get("X-Consul-Index")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
+        let index = index_of(&resp);
         let value = resp.json().await.map_err(|source| Error::Decode { path, source })?;
         Ok(Indexed { index, value })
     }
@@ -286,6 +336,18 @@ impl Client {
         let (resp, path) = self.send(req).await?;
         resp.json().await.map_err(|source| Error::Decode { path, source })
     }
+}
+
+/// One key of Consul's KV store and its value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KvPair {
+    pub key: String,
+    pub value: Vec<u8>,
+}
+
+/// The `X-Consul-Index` of an answer (0 when absent).
+fn index_of(resp: &reqwest::Response) -> u64 {
+    resp.headers().get("X-Consul-Index").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()).unwrap_or(0)
 }
 
 fn read(path: &std::path::Path, what: &'static str) -> Result<Vec<u8>, Error> {

@@ -17,7 +17,7 @@ pub mod client;
 pub mod types;
 
 pub use address::{ConsulArgs, Settings};
-pub use client::{AgentInfo, Client, Error, Indexed};
+pub use client::{AgentInfo, Client, Error, Indexed, KvPair};
 pub use types::{
     AgentService, Check, EntryCheck, EntryService, HealthStatus, Node, NodeServices, Registration, ServiceEntry,
 };

@@ -21,9 +21,12 @@ use testkit::stable_port;
 pub struct Stack {
     pub project: String,
     pub http_port: u16,
+    pub https_port: u16,
     pub stats_port: u16,
     pub consul_port: u16,
     pub dns_port: u16,
+    /// The stack's TLS certificate directory (`CERTS_DIR`), its own.
+    pub certs_dir: PathBuf,
     /// Compose files laid over the stack's own (`-f`, in order).
     overrides: Vec<PathBuf>,
     http: reqwest::Client,
@@ -81,14 +84,19 @@ fn compose_file() -> PathBuf {
 impl Stack {
     /// A stack named `portolan-<name>-<pid>` with free host ports (not yet up).
     pub fn new(name: &str) -> Self {
+        // Of this process alone: what a failed run left behind (Docker
+        // may keep a network whose endpoint it failed to remove) is
+        // never in the way.
+        let project = format!("portolan-{name}-{}", std::process::id());
+        let certs_dir = std::env::temp_dir().join(format!("{project}-certs"));
+        let _ = std::fs::create_dir_all(&certs_dir);
         Self {
-            // Of this process alone: what a failed run left behind (Docker
-            // may keep a network whose endpoint it failed to remove) is
-            // never in the way.
-            project: format!("portolan-{name}-{}", std::process::id()),
+            project,
+            certs_dir,
             // Outside the ephemeral range: a service the faults suite stops
             // and starts again finds its port still free.
             http_port: stable_port(),
+            https_port: stable_port(),
             stats_port: stable_port(),
             consul_port: stable_port(),
             dns_port: stable_port(),
@@ -129,6 +137,8 @@ impl Stack {
         }
         cmd.args(args);
         cmd.env("HTTP_PORT", self.http_port.to_string())
+            .env("HTTPS_PORT", self.https_port.to_string())
+            .env("CERTS_DIR", &self.certs_dir)
             .env("STATS_PORT", self.stats_port.to_string())
             .env("CONSUL_PORT", self.consul_port.to_string())
             .env("CONSUL_DNS_PORT", self.dns_port.to_string());
@@ -362,6 +372,7 @@ impl Drop for Stack {
             eprintln!("--- logs of {} ---\n{}", self.project, self.logs());
         }
         self.tear_down();
+        let _ = std::fs::remove_dir_all(&self.certs_dir);
     }
 }
 

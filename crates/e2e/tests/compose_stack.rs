@@ -93,3 +93,220 @@ impl Drop for Seed {
         let _ = std::process::Command::new("docker").args(["rm", "-f", &self.0]).output();
     }
 }
+
+/// The stack's access log and a TCP service: a request with an ID is
+/// logged as one JSON line carrying it; containers asking for TCP routing
+/// on a port are served there, each connection by one of them, and a new
+/// one joins while a client keeps connecting.
+#[tokio::test]
+async fn access_logs_are_json_and_a_tcp_service_is_served_on_its_port() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let stack = Stack::new("edge");
+    stack.up(1);
+    eventually("/hello answers", Duration::from_secs(60), || async { stack.hostnames(2).await.map(drop) }).await;
+
+    // The access log: the request's ID, service, server and status.
+    let id = testkit::unique_name("req-");
+    let resp = reqwest::Client::new()
+        .get(format!("http://127.0.0.1:{}/hello", stack.http_port))
+        .header("x-request-id", &id)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let haproxy = String::from_utf8_lossy(&stack.compose(&["ps", "-q", "haproxy"]).stdout).trim().to_owned();
+    let line = eventually("the request's access log line", Duration::from_secs(10), || async {
+        let out = std::process::Command::new("docker").args(["logs", &haproxy]).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.lines().find(|l| l.contains(&id)).map(str::to_owned).ok_or_else(|| "not logged yet".to_owned())
+    })
+    .await;
+    let entry: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+    assert_eq!(entry["request_id"], id.as_str(), "{line}");
+    assert_eq!(entry["service"], "be_hello", "{line}");
+    assert_eq!(entry["status"], 200, "{line}");
+    assert_eq!(entry["path"], "/hello", "{line}");
+    assert!(entry["server"].as_str().is_some_and(|s| s.starts_with('s')), "{line}");
+    assert!(entry["t_total"].as_i64().is_some_and(|t| t >= 0), "{line}");
+
+    // A TCP service: the demo's echo on port 7000, routed by port 7000.
+    let echo = |name: &str| {
+        let mut args: Vec<String> = ["run", "-d", "--name", name, "--network", &stack.network(), "--expose", "7000"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        for env in [
+            "ECHO_LISTEN=0.0.0.0:7000",
+            "SERVICE_80_IGNORE=true",
+            "SERVICE_7000_NAME=echo",
+            "SERVICE_7000_TAGS=rest",
+            "SERVICE_LB_MODE=tcp",
+            "SERVICE_LB_PORT=7000",
+        ] {
+            args.extend(["-e".to_owned(), env.to_owned()]);
+        }
+        args.extend(["-h".to_owned(), name.to_owned(), e2e::image("hello")]);
+        let out = std::process::Command::new("docker").args(&args).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        Seed(name.to_owned())
+    };
+    let first = format!("{}-echo1", stack.project);
+    let _one = echo(&first);
+    let out = std::process::Command::new("docker")
+        .args(["inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", &haproxy])
+        .output()
+        .unwrap();
+    let lb_ip = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let ask = move || {
+        let lb_ip = lb_ip.clone();
+        async move {
+            let conn = tokio::net::TcpStream::connect((lb_ip.as_str(), 7000)).await.map_err(|e| e.to_string())?;
+            let mut conn = BufReader::new(conn);
+            let mut host = String::new();
+            conn.read_line(&mut host).await.map_err(|e| e.to_string())?;
+            conn.get_mut().write_all(b"ping\n").await.map_err(|e| e.to_string())?;
+            let mut echo = String::new();
+            conn.read_line(&mut echo).await.map_err(|e| e.to_string())?;
+            if echo == "ping\n" { Ok(host.trim().to_owned()) } else { Err(format!("echo {echo:?} from {host:?}")) }
+        }
+    };
+    eventually("the TCP service answers on port 7000", Duration::from_secs(20), || async {
+        match ask().await {
+            Ok(h) if h == first => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    // A second instance joins while a client keeps connecting: no failed
+    // connection, and both answer.
+    let second = format!("{}-echo2", stack.project);
+    let load = tokio::spawn({
+        let ask = ask.clone();
+        async move {
+            let (mut seen, mut failed) = (std::collections::BTreeMap::<String, u32>::new(), Vec::new());
+            let until = Instant::now() + Duration::from_secs(6);
+            while Instant::now() < until {
+                match ask().await {
+                    Ok(h) => *seen.entry(h).or_default() += 1,
+                    Err(e) => failed.push(e),
+                }
+            }
+            (seen, failed)
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _two = echo(&second);
+    let (seen, failed) = load.await.unwrap();
+    eprintln!("TCP connections while a second instance joined: {seen:?}, failed {}", failed.len());
+    assert!(failed.is_empty(), "{failed:?}");
+    assert!(seen.contains_key(&first) && seen.contains_key(&second), "{seen:?}\n{}", stack.logs());
+}
+
+/// HTTPS on the stack's HAProxy (the image's version): a certificate put in
+/// the certificates directory is served for its name by SNI, and one
+/// renewed under an HTTPS load (a new connection and handshake per
+/// request) is served without a reload and without a failed request.
+#[tokio::test]
+async fn https_serves_a_certificate_by_name_and_renews_it_without_a_reload_or_a_failed_request() {
+    let stack = Stack::new("tls");
+    stack.up(1);
+    eventually("/hello answers", Duration::from_secs(60), || async { stack.hostnames(2).await.map(drop) }).await;
+    let haproxy = String::from_utf8_lossy(&stack.compose(&["ps", "-q", "haproxy"]).stdout).trim().to_owned();
+    let out = std::process::Command::new("docker")
+        .args(["inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", &haproxy])
+        .output()
+        .unwrap();
+    let metrics = format!("http://{}:9090/metrics", String::from_utf8_lossy(&out.stdout).trim());
+    let reloads = || async {
+        let text = reqwest::get(&metrics).await.unwrap().text().await.unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix("haproxy_sync_applies_total{kind=\"reload\"} "))
+            .unwrap_or("0")
+            .to_owned()
+    };
+
+    let ca = testkit::TestCa::new();
+    // A new connection and handshake for every request.
+    let new_client = || {
+        reqwest::Client::builder()
+            .use_rustls_tls()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(reqwest::Certificate::from_pem(ca.pem().as_bytes()).unwrap())
+            .resolve("shop.test", ([127, 0, 0, 1], stack.https_port).into())
+            .pool_max_idle_per_host(0)
+            .tls_info(true)
+            .timeout(Duration::from_secs(5))
+            .build()
+            .unwrap()
+    };
+    let client = new_client();
+    let url = format!("https://shop.test:{}/hello", stack.https_port);
+    // The leaf certificate that answered a request, or what went wrong; a
+    // client of its own, as a client resuming a TLS session is not shown
+    // the certificate again.
+    let served = || async {
+        let resp = new_client().get(&url).send().await.map_err(|e| format!("{e:?}"))?;
+        if !resp.status().is_success() {
+            return Err(format!("status {}", resp.status()));
+        }
+        let info = resp.extensions().get::<reqwest::tls::TlsInfo>().cloned();
+        info.and_then(|i| i.peer_certificate().map(<[u8]>::to_vec)).ok_or_else(|| "no certificate".to_owned())
+    };
+    // Written as a secret update does: a new file renamed over.
+    let put = |pem: &str| {
+        let tmp = stack.certs_dir.join(".shop.test.pem.tmp");
+        std::fs::write(&tmp, pem).unwrap();
+        std::fs::rename(tmp, stack.certs_dir.join("shop.test.pem")).unwrap();
+    };
+
+    // Before any certificate: HAProxy's self-signed default, which the CA
+    // does not vouch for.
+    assert!(served().await.is_err(), "no certificate of the CA yet");
+    let (pem, first) = ca.issue("shop.test");
+    put(&pem);
+    eventually("the certificate served for shop.test", Duration::from_secs(10), || async {
+        let leaf = served().await?;
+        if leaf == first { Ok(()) } else { Err("another certificate".to_owned()) }
+    })
+    .await;
+
+    let before = reloads().await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load: Vec<_> = (0..2)
+        .map(|_| {
+            let (client, url, stop) = (client.clone(), url.clone(), stop.clone());
+            tokio::spawn(async move {
+                let (mut ok, mut failed) = (0u32, Vec::new());
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    match client.get(&url).send().await.map(|r| r.status()) {
+                        Ok(s) if s.is_success() => ok += 1,
+                        other => failed.push(format!("{other:?}")),
+                    }
+                }
+                (ok, failed)
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (pem, renewed) = ca.issue("shop.test");
+    let since = Instant::now();
+    put(&pem);
+    eventually("the renewed certificate served", Duration::from_secs(10), || async {
+        let leaf = served().await?;
+        if leaf == renewed { Ok(()) } else { Err("the old one still".to_owned()) }
+    })
+    .await;
+    let took = since.elapsed();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut ok, mut failed) = (0, Vec::new());
+    for task in load {
+        let (o, f) = task.await.unwrap();
+        ok += o;
+        failed.extend(f);
+    }
+    eprintln!("renewed certificate served {took:?} after it was written; {ok} HTTPS requests, {} failed", failed.len());
+    assert!(failed.is_empty(), "{failed:?}");
+    assert!(ok > 0);
+    assert_eq!(reloads().await, before, "renewed without a reload");
+}

@@ -40,6 +40,19 @@ pub struct Args {
     /// Port of the routing frontend.
     #[arg(long, env = "HTTP_PORT", default_value_t = 80)]
     pub http_port: u16,
+    /// Port of the HTTPS frontend (served only with --certs).
+    #[arg(long, env = "HTTPS_PORT", default_value_t = 443)]
+    pub https_port: u16,
+    /// Directory of TLS certificates, one `<name>.pem` each (certificate,
+    /// chain and unencrypted key in one file); TLS is on when it is set.
+    /// `default.pem` is served to clients without SNI (else a self-signed
+    /// one). Changes are applied without a reload.
+    #[arg(long, env = "HAPROXY_SYNC_CERTS", value_name = "DIR")]
+    pub certs: Option<PathBuf>,
+    /// Also serve the certificates under this Consul KV prefix, one key
+    /// `PREFIX/<name>.pem` each (a file of --certs with the same name wins).
+    #[arg(long, env = "HAPROXY_SYNC_CERTS_KV", value_name = "PREFIX", requires = "certs")]
+    pub certs_kv: Option<String>,
     /// Port of the stats page (served only when STATS_USER and STATS_PASSWORD are set).
     #[arg(long, env = "STATS_PORT", default_value_t = 1936)]
     pub stats_port: u16,
@@ -82,6 +95,9 @@ pub struct Args {
     /// Service that gets the requests no route matches (default: a 404).
     #[arg(long, env = "HAPROXY_SYNC_DEFAULT_SERVICE", value_name = "NAME")]
     pub default_service: Option<String>,
+    /// JSON access logs, a line per request, on HAProxy's standard output.
+    #[arg(long, env = "HAPROXY_SYNC_ACCESS_LOG")]
+    pub access_log: bool,
     /// Server slots each backend has at least: instances up to this many
     /// come and go through the runtime API, without a reload.
     #[arg(long, default_value_t = 16, value_name = "N")]

@@ -121,7 +121,7 @@ impl Haproxy {
     }
 
     /// The master's reload counter, from `show proc`.
-    async fn worker_reloads(&self) -> Result<u64, HaproxyError> {
+    pub async fn worker_reloads(&self) -> Result<u64, HaproxyError> {
         let answer = self.master("show proc").await?;
         // "#<PID> <type> <reloads> <uptime> <version>"; the master's line carries the count.
         answer
@@ -131,6 +131,20 @@ impl Haproxy {
             .and_then(|n| n.parse().ok())
             .ok_or_else(|| HaproxyError::Reload(format!("unexpected `show proc` answer: {answer}")))
     }
+}
+
+/// The PIDs of the workers in a master CLI `show proc` answer (current and
+/// old), the same in 2.6 and 3.0: a line per process, "<pid> <type>
+/// <reloads> <uptime> <version>", under "# workers".
+pub fn workers(show_proc: &str) -> Vec<u32> {
+    show_proc
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let pid = f.next()?.parse().ok()?;
+            (f.next()? == "worker").then_some(pid)
+        })
+        .collect()
 }
 
 /// Sends `line` to one of HAProxy's sockets (master CLI or runtime API) and
@@ -151,6 +165,90 @@ pub async fn ask(socket: &Path, line: &str, limit: Duration) -> std::io::Result<
             format!("no answer in {}", humantime::format_duration(limit)),
         ))
     })
+}
+
+/// [`ask`] with a payload (`set ssl cert <path> <<`): the command ending in
+/// `<<`, the payload's lines, and the empty line that ends the payload (so
+/// the payload must hold none).
+pub async fn ask_with_payload(socket: &Path, line: &str, payload: &str, limit: Duration) -> std::io::Result<String> {
+    if payload.lines().any(|l| l.trim().is_empty()) {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "a payload cannot hold an empty line"));
+    }
+    // `ask` adds the final newline: the payload's last line, then an empty one.
+    ask(socket, &format!("{line} <<\n{}\n", payload.trim_end_matches('\n')), limit).await
+}
+
+/// The environment variable that tells HAProxy's configuration where the
+/// HTTP frontend listens when its socket is held for it ([`HeldListener`]):
+/// `fd@<n>`. The default template binds `"${HAPROXY_SYNC_HTTP_LISTENER-<bind>:<port>}"`,
+/// so without it HAProxy binds the address itself, as before.
+pub const HTTP_LISTENER_ENV: &str = "HAPROXY_SYNC_HTTP_LISTENER";
+
+/// A listening TCP socket opened by the process that runs HAProxy and kept
+/// open for as long as it runs, inherited by HAProxy (`bind fd@<n>`), its
+/// workers, `haproxy -c` and, under haproxy-keeper, haproxy-sync: HAProxy's
+/// master closes the sockets its workers bind and exits with its last
+/// worker, so without it the port refuses connections from a worker's death
+/// until HAProxy listens again. Held here, the kernel goes on accepting
+/// connections into its backlog meanwhile; the next worker serves them.
+#[derive(Debug)]
+pub struct HeldListener {
+    fd: std::os::fd::OwnedFd,
+}
+
+impl HeldListener {
+    /// Binds `bind:port` (`bind` empty: every IPv4 address, as HAProxy's
+    /// `bind :port`) and listens, without close-on-exec so that children
+    /// inherit it; `SO_REUSEPORT` as HAProxy's own listeners, so an HAProxy
+    /// left running by a previous process still shares the port.
+    pub fn bind(bind: &str, port: u16) -> std::io::Result<Self> {
+        use nix::sys::socket::{self, Backlog, SockFlag};
+        let fd = reuseport_socket(bind, port, SockFlag::empty())?;
+        // HAProxy does not listen() on an inherited socket: this backlog is its.
+        socket::listen(&fd, Backlog::new(4096).unwrap_or(Backlog::MAXCONN))?;
+        Ok(Self { fd })
+    }
+
+    /// The variable HAProxy's configuration reads: `(HTTP_LISTENER_ENV, "fd@<n>")`.
+    pub fn env(&self) -> (String, String) {
+        (HTTP_LISTENER_ENV.to_owned(), format!("fd@{}", std::os::fd::AsRawFd::as_raw_fd(&self.fd)))
+    }
+}
+
+/// A TCP socket bound to `bind:port` (`bind` empty: every IPv4 address, as
+/// HAProxy's `bind :port`) with `SO_REUSEADDR` and `SO_REUSEPORT`, as
+/// HAProxy's own listeners have.
+fn reuseport_socket(bind: &str, port: u16, flags: nix::sys::socket::SockFlag) -> std::io::Result<std::os::fd::OwnedFd> {
+    use nix::sys::socket::{self, AddressFamily, SockType, SockaddrStorage, sockopt};
+    let ip: std::net::IpAddr = match bind.trim_start_matches('[').trim_end_matches(']') {
+        "" => std::net::Ipv4Addr::UNSPECIFIED.into(),
+        ip => ip.parse().map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{bind:?} is not an IP address"))
+        })?,
+    };
+    let family = if ip.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
+    let fd = socket::socket(family, SockType::Stream, flags, None)?;
+    socket::setsockopt(&fd, sockopt::ReuseAddr, &true)?;
+    socket::setsockopt(&fd, sockopt::ReusePort, &true)?;
+    let addr = SockaddrStorage::from(std::net::SocketAddr::new(ip, port));
+    socket::bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &addr)?;
+    Ok(fd)
+}
+
+/// Whether HAProxy, run here, could listen on `bind:port`: a port free or
+/// held by HAProxy itself (its listeners share with `SO_REUSEPORT`) can be
+/// bound; one another program holds (haproxy-sync's own `/metrics`, say),
+/// or a privileged one HAProxy may not take, cannot, and would make the
+/// reload fail for every service.
+pub fn can_bind(bind: &str, port: u16) -> std::io::Result<()> {
+    reuseport_socket(bind, port, nix::sys::socket::SockFlag::SOCK_CLOEXEC).map(drop)
+}
+
+/// Whether a template binds its HTTP frontend to a [`HeldListener`] (names
+/// [`HTTP_LISTENER_ENV`]): only then is one held, as a template that binds
+/// the port itself could not while another socket has it.
+pub fn template_uses_held_listener(template: &str) -> bool {
+    template.contains(HTTP_LISTENER_ENV)
 }
 
 /// Keeps HAProxy running until `shutdown`: started again (at once after a
@@ -218,7 +316,58 @@ pub fn refusals(answer: &str) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
-    use super::refusals;
+    use super::{HTTP_LISTENER_ENV, HeldListener, refusals, template_uses_held_listener};
+
+    #[test]
+    fn show_proc_answers_of_each_version_give_their_workers() {
+        // Captured from HAProxy 2.6.12 (Debian 12) and 3.0.11 (the image).
+        let v26 = "#<PID>          <type>          <reloads>       <uptime>        <version>      \n25805           master          0 [failed: 0]   0d00h00m10s     2.6.12-1+deb12u4\n# workers\n25808           worker          0               0d00h00m10s     2.6.12-1+deb12u4\n# programs\n\n";
+        let v30 = "#<PID>          <type>          <reloads>       <uptime>        <version>      \n13446           master          0 [failed: 0]   0d00h00m02s     3.0.11-1+deb13u4\n# workers\n13448           worker          0               0d00h00m02s     3.0.11-1+deb13u4\n# programs\n\n";
+        assert_eq!(super::workers(v26), [25808]);
+        assert_eq!(super::workers(v30), [13448]);
+        // Just after a reload, the old worker still finishing (2.6, then 3.0).
+        let reloaded = [
+            "#<PID>          <type>          <reloads>       <uptime>        <version>      \n2917            master          3 [failed: 0]   0d00h05m16s     2.6.12-1+deb12u4\n# workers\n30059           worker          0               0d00h00m00s     2.6.12-1+deb12u4\n# old workers\n4663            worker          1               0d00h04m49s     2.6.12-1+deb12u4\n# programs\n\n",
+            "#<PID>          <type>          <reloads>       <uptime>        <version>      \n13853           master          2 [failed: 0]   0d00h02m52s     3.0.11-1+deb13u4\n# workers\n30150           worker          0               0d00h00m00s     3.0.11-1+deb13u4\n# old workers\n14082           worker          1               0d00h02m48s     3.0.11-1+deb13u4\n# programs\n\n",
+        ];
+        assert_eq!(super::workers(reloaded[0]), [30059, 4663]);
+        assert_eq!(super::workers(reloaded[1]), [30150, 14082]);
+        assert!(super::workers("").is_empty());
+    }
+
+    #[test]
+    fn the_default_template_binds_the_held_listener_or_else_the_address() {
+        let template = crate::render::DEFAULT_TEMPLATE;
+        assert!(template_uses_held_listener(template));
+        let line = template.lines().find(|l| l.contains(HTTP_LISTENER_ENV) && l.trim_start().starts_with("bind"));
+        let line = line.expect("the http frontend's bind line");
+        let mut hb = handlebars::Handlebars::new();
+        hb.register_escape_fn(handlebars::no_escape);
+        for (bind, want) in [
+            ("", r#"bind "${HAPROXY_SYNC_HTTP_LISTENER-:80}""#),
+            ("10.0.0.1", r#"bind "${HAPROXY_SYNC_HTTP_LISTENER-10.0.0.1:80}""#),
+        ] {
+            let text = hb.render_template(line, &serde_json::json!({ "bind": bind, "http_port": 80 })).unwrap();
+            assert_eq!(text.trim(), want);
+        }
+    }
+
+    #[test]
+    fn a_held_listener_takes_connections_and_is_inherited() {
+        let held = HeldListener::bind("127.0.0.1", 0).unwrap();
+        let (name, value) = held.env();
+        assert_eq!(name, HTTP_LISTENER_ENV);
+        let fd: i32 = value.strip_prefix("fd@").unwrap().parse().unwrap();
+        let port = nix::sys::socket::getsockname::<nix::sys::socket::SockaddrIn>(fd).unwrap().port();
+        // Nobody accepts: the kernel completes the handshake into the backlog.
+        std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        // Not closed on exec: a child has it at the same number.
+        let flags = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).unwrap();
+        let flags = flags.lines().find_map(|l| l.strip_prefix("flags:")).unwrap().trim().to_owned();
+        assert_eq!(u32::from_str_radix(&flags, 8).unwrap() & 0o2000000, 0, "O_CLOEXEC is set: {flags}");
+        assert!(HeldListener::bind("localhost", 80).is_err(), "a host name is not held");
+        assert!(!template_uses_held_listener("frontend http\n    bind :80\n"));
+    }
 
     #[test]
     fn every_acknowledgement_of_each_version_is_accepted_and_anything_else_refused() {

@@ -16,7 +16,8 @@ use crate::haproxy::Haproxy;
 /// Runs `bin args... --external` until `shutdown`, started again whenever it
 /// exits (HAProxy goes on serving meanwhile): at once after a run of 30 s
 /// or more, else with backoff; on shutdown, SIGTERM and up to 10 s to exit.
-pub async fn keep_sync(bin: PathBuf, args: Vec<String>, shutdown: CancellationToken) {
+/// `env` is added to its environment (the held listener's variable).
+pub async fn keep_sync(bin: PathBuf, args: Vec<String>, env: Vec<(String, String)>, shutdown: CancellationToken) {
     let policy = Policy {
         name: "haproxy-sync",
         healthy_after: Duration::from_secs(30),
@@ -25,7 +26,13 @@ pub async fn keep_sync(bin: PathBuf, args: Vec<String>, shutdown: CancellationTo
         grace: Duration::from_secs(10),
     };
     let start = || {
-        tokio::process::Command::new(&bin).args(&args).arg("--external").stdin(Stdio::null()).kill_on_drop(true).spawn()
+        tokio::process::Command::new(&bin)
+            .args(&args)
+            .arg("--external")
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
     };
     ops::supervise::supervise(policy, start, |_| {}, shutdown).await;
 }

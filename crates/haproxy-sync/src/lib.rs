@@ -12,6 +12,7 @@
 //! - [`slots`]: instances laid out on server slots; runtime API commands.
 //! - [`sync`]: quiescence, and the apply: runtime API or check, atomic write
 //!   and reload, as pure functions decide.
+//! - [`tls`]: TLS certificates checked and applied through the runtime API.
 //! - [`metrics`]: what `/metrics` reports.
 //! - [`keeper`]: haproxy-keeper's part: haproxy-sync kept running beside HAProxy.
 //! - [`config`]: command line and environment.
@@ -29,6 +30,7 @@ pub mod model;
 pub mod render;
 pub mod slots;
 pub mod sync;
+pub mod tls;
 pub mod watch;
 
 use std::sync::Arc;
@@ -67,8 +69,13 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
     if credentials.is_none() {
         warn!("STATS_USER and STATS_PASSWORD (or STATS_PASSWORD_FILE) are not both set: the stats page is off");
     }
-    let haproxy = haproxy_for(&args, credentials.clone());
+    // Held from here until this returns, when this process runs HAProxy.
+    let runs_haproxy = !args.external && args.command.is_none() && !args.dry_run && !args.once;
+    let held = if runs_haproxy { held_listener(&args) } else { None };
+    let mut haproxy = haproxy_for(&args, credentials.clone());
+    haproxy.env.extend(held.as_ref().map(haproxy::HeldListener::env));
     create_dirs(&args)?;
+    let tls_opts = tls_options(&args)?;
     let opts = SyncOptions {
         wait_min: args.wait.0,
         wait_max: args.wait.1,
@@ -84,9 +91,14 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
         external: args.external,
         default_service: args.default_service.clone(),
         runtime_api: args.apply == config::ApplyMode::Runtime,
+        access_log: args.access_log,
+        https: tls_opts
+            .as_ref()
+            .map(|t| model::Https { port: args.https_port, crt_list: t.crt_list().display().to_string() }),
     };
     let metrics = Metrics::default();
     let mut applier = Applier::new(haproxy.clone(), renderer, opts, metrics.clone());
+    let mut tls = tls_opts.map(|o| tls::Tls::new(o, haproxy.clone(), metrics.clone()));
 
     let (tx, mut rx) = channel::channel(None);
     let watch_opts = WatchOptions { tag: args.tag.clone(), ..WatchOptions::default() };
@@ -96,7 +108,7 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
         service_reads: metrics.consul_service_reads.clone(),
         sweeps: metrics.consul_sweeps.clone(),
     });
-    let watcher = tokio::spawn(watch::run(client, watch_opts, tx, stats, shutdown.clone()));
+    let watcher = tokio::spawn(watch::run(client.clone(), watch_opts, tx, stats, shutdown.clone()));
     let admin = match args.dry_run || args.once {
         true => None,
         false => {
@@ -115,6 +127,11 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
         ops::admin::serve(listener, Arc::new(registry), health, shutdown.clone());
     }
 
+    // The certificates and crt-list the configuration names are there
+    // before it is checked; HAProxy already running gets changes at once.
+    if let Some(tls) = tls.as_mut().filter(|_| !args.dry_run) {
+        tls.sync().await.context("TLS certificates")?;
+    }
     if args.dry_run || args.once {
         return once(&args, &mut applier, &mut rx, &shutdown).await.map(|()| watcher.abort());
     }
@@ -154,7 +171,11 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
     } else {
         tokio::spawn(haproxy::supervise(haproxy, Duration::from_secs(args.grace), ready_tx, shutdown.clone()))
     };
+    let certs = tls.map(|tls| tokio::spawn(tls::watch(tls, tls::POLL, Some(client.clone()), shutdown.clone())));
     sync::run(applier, rx, ready_rx, shutdown.clone()).await;
+    if let Some(certs) = certs {
+        let _ = certs.await;
+    }
     watcher.abort();
     let _ = supervisor.await;
     Ok(())
@@ -170,9 +191,14 @@ pub async fn keep(
     sync_args: Vec<String>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let haproxy = haproxy_for(&args, args.stats_credentials()?);
+    // Held for as long as the keeper runs, through restarts of either;
+    // haproxy-sync inherits it too, for its `haproxy -c`.
+    let held = held_listener(&args);
+    let held_env: Vec<(String, String)> = held.as_ref().map(haproxy::HeldListener::env).into_iter().collect();
+    let mut haproxy = haproxy_for(&args, args.stats_credentials()?);
+    haproxy.env.extend(held_env.iter().cloned());
     create_dirs(&args)?;
-    let sync_task = tokio::spawn(keeper::keep_sync(sync_bin, sync_args, shutdown.clone()));
+    let sync_task = tokio::spawn(keeper::keep_sync(sync_bin, sync_args, held_env, shutdown.clone()));
     // HAProxy starts on the file haproxy-sync writes first (Consul's state,
     // the file already there, or no routes), once it passes the check.
     if !keeper::wait_for_config(&haproxy, &shutdown).await {
@@ -183,6 +209,46 @@ pub async fn keep(
     haproxy::supervise(haproxy, Duration::from_secs(args.grace), ready_tx, shutdown.clone()).await;
     let _ = sync_task.await;
     Ok(())
+}
+
+/// Where TLS certificates come from and go, when `--certs` is set.
+fn tls_options(args: &Args) -> anyhow::Result<Option<tls::TlsOptions>> {
+    let Some(dir) = &args.certs else { return Ok(None) };
+    if args.command.is_some() {
+        anyhow::bail!("--certs applies certificates through HAProxy's runtime API, which --command does not give");
+    }
+    let mut opts = tls::TlsOptions::new(dir.clone(), &args.config, args.runtime_socket.clone())
+        .with_context(|| format!("the directory of {}", args.config.display()))?;
+    opts.kv_prefix.clone_from(&args.certs_kv);
+    let list = opts.crt_list().display().to_string();
+    if list.chars().any(|c| c.is_whitespace() || c == '"' || c == '#') {
+        anyhow::bail!("the crt-list path {list:?} cannot go in HAProxy's configuration (spaces, quotes or #)");
+    }
+    Ok(Some(opts))
+}
+
+/// The HTTP frontend's socket, held for HAProxy ([`haproxy::HeldListener`])
+/// when the template binds to one; `None` (HAProxy binds the port itself,
+/// and a worker's death refuses connections until it is back) if it does
+/// not or the socket cannot be bound.
+fn held_listener(args: &Args) -> Option<haproxy::HeldListener> {
+    let uses = match &args.template {
+        Some(path) => std::fs::read_to_string(path).is_ok_and(|t| haproxy::template_uses_held_listener(&t)),
+        None => haproxy::template_uses_held_listener(render::DEFAULT_TEMPLATE),
+    };
+    if !uses {
+        return None;
+    }
+    match haproxy::HeldListener::bind(&args.bind, args.http_port) {
+        Ok(held) => {
+            info!(port = args.http_port, "holding the HTTP listener for HAProxy");
+            Some(held)
+        }
+        Err(e) => {
+            warn!(error = %e, port = args.http_port, "cannot hold the HTTP listener; HAProxy binds it itself");
+            None
+        }
+    }
 }
 
 /// Makes the directories of the configuration file and the sockets.

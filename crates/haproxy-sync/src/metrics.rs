@@ -33,6 +33,10 @@ pub struct Metrics {
     /// Candidate configurations `haproxy -c` refused (never loaded).
     pub check_failures: Counter,
     pub runtime_failures: Counter,
+    /// TLS certificates applied through the runtime API (new, renewed or removed).
+    pub certificates_applied: Counter,
+    /// TLS certificate files refused (by haproxy-sync's check or by HAProxy).
+    pub certificates_refused: Counter,
     /// Servers routed to, by backend.
     pub servers: Family<BackendLabel, Gauge>,
     /// Unix time of the last successful apply.
@@ -51,6 +55,8 @@ impl Default for Metrics {
             reload_failures: Counter::default(),
             check_failures: Counter::default(),
             runtime_failures: Counter::default(),
+            certificates_applied: Counter::default(),
+            certificates_refused: Counter::default(),
             servers: Family::default(),
             last_apply: Gauge::default(),
         }
@@ -77,6 +83,12 @@ impl Metrics {
         registry.register("reload_failures", "Reloads HAProxy did not confirm", self.reload_failures.clone());
         registry.register("check_failures", "Candidate configurations haproxy -c refused", self.check_failures.clone());
         registry.register("runtime_failures", "Runtime API changes that failed", self.runtime_failures.clone());
+        registry.register(
+            "certificates_applied",
+            "TLS certificates applied through the runtime API",
+            self.certificates_applied.clone(),
+        );
+        registry.register("certificates_refused", "TLS certificate files refused", self.certificates_refused.clone());
         registry.register("servers", "Servers routed to, by backend", self.servers.clone());
         registry.register(
             "last_successful_apply_timestamp_seconds",

@@ -54,6 +54,18 @@ pub mod keys {
     pub const CHECK_PATH: &str = "lb_check_path";
     /// Per-instance weight, 0 to 256; default 100.
     pub const WEIGHT: &str = "lb_weight";
+    /// `http` (default) or `tcp`: a TCP service is routed by port, not path.
+    pub const MODE: &str = "lb_mode";
+    /// The port HAProxy listens on for a `tcp` service.
+    pub const PORT: &str = "lb_port";
+    /// `true` pins each client to one instance with a cookie.
+    pub const STICKY: &str = "lb_sticky";
+    /// Requests per second one client address may make; beyond: 429.
+    pub const RATE_LIMIT: &str = "lb_rate_limit";
+    /// Concurrent connections each instance gets; the rest wait in a queue.
+    pub const MAXCONN: &str = "lb_maxconn";
+    /// `true` answers plain HTTP with a redirect to HTTPS (when TLS is on).
+    pub const HTTPS_REDIRECT: &str = "lb_https_redirect";
 }
 
 const BALANCES: &[&str] = &["roundrobin", "static-rr", "leastconn", "first", "source", "random"];
@@ -72,6 +84,18 @@ pub struct Config {
     /// Backend for requests no route matches: `no_route` (a 404), or that
     /// of the `--default-service`.
     pub default_backend: String,
+    /// JSON access logs on HAProxy's standard output.
+    pub access_log: bool,
+    /// The HTTPS frontend, when TLS is on (`--certs`).
+    pub https: Option<Https>,
+}
+
+/// TLS termination: the port and the crt-list HAProxy reads its
+/// certificates from (kept by haproxy-sync, see `tls.rs`).
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Https {
+    pub port: u16,
+    pub crt_list: String,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -96,13 +120,31 @@ pub struct Service {
     pub host: Option<String>,
     pub balance: String,
     pub check_path: String,
+    /// For a TCP service, the port its frontend listens on (it has no route).
+    pub tcp_port: Option<u16>,
+    /// For a sticky service, the name of the cookie that pins a client.
+    pub sticky: Option<String>,
+    /// Requests per second one client address may make.
+    pub rate_limit: Option<u32>,
+    /// Concurrent connections each instance gets.
+    pub maxconn: Option<u32>,
+    pub https_redirect: bool,
     pub servers: Vec<Server>,
+    /// Settings refused, each falling back to its default.
+    #[serde(skip)]
+    pub warnings: Vec<String>,
 }
 
 impl Service {
     /// This service with other servers (its own are not copied).
     pub fn with_servers(&self, servers: Vec<Server>) -> Service {
         Service {
+            tcp_port: self.tcp_port,
+            sticky: self.sticky.clone(),
+            rate_limit: self.rate_limit,
+            maxconn: self.maxconn,
+            https_redirect: self.https_redirect,
+            warnings: self.warnings.clone(),
             name: self.name.clone(),
             backend: self.backend.clone(),
             path: self.path.clone(),
@@ -145,19 +187,27 @@ pub fn routable(status: HealthStatus) -> bool {
 /// prefixes win. Services whose settings cannot be made safe are skipped
 /// with a reason; the others are unaffected.
 pub fn services(catalog: &Catalog) -> (Vec<Arc<Service>>, Vec<Skipped>) {
-    services_cached(catalog, &mut Cache::default())
+    let (services, skipped, _) = services_cached(catalog, &mut Cache::default());
+    (services, skipped)
 }
 
 /// [`services`], reusing `cache` for services whose instances did not change.
-pub fn services_cached(catalog: &Catalog, cache: &mut Cache) -> (Vec<Arc<Service>>, Vec<Skipped>) {
+/// Also returns the settings refused in the services computed afresh (each
+/// fell back to its default), to be told once rather than at every change.
+pub fn services_cached(catalog: &Catalog, cache: &mut Cache) -> (Vec<Arc<Service>>, Vec<Skipped>, Vec<Skipped>) {
     let mut routed: Vec<(&str, Arc<Service>)> = Vec::with_capacity(catalog.services.len());
     let mut skipped = Vec::new();
+    let mut warnings = Vec::new();
     cache.entries.retain(|name, _| catalog.services.contains_key(name));
     for (raw_name, instances) in &catalog.services {
         let result = match cache.entries.get(raw_name) {
             Some((seen, result)) if Arc::ptr_eq(seen, instances) => result.clone(),
             _ => {
                 let result = service(raw_name, instances).map(Arc::new);
+                if let Ok(svc) = &result {
+                    warnings
+                        .extend(svc.warnings.iter().map(|w| Skipped { service: raw_name.clone(), reason: w.clone() }));
+                }
                 cache.entries.insert(raw_name.clone(), (instances.clone(), result.clone()));
                 result
             }
@@ -172,14 +222,22 @@ pub fn services_cached(catalog: &Catalog, cache: &mut Cache) -> (Vec<Arc<Service
     // not cost a million.
     let mut backends: HashMap<&str, &str> = HashMap::with_capacity(routed.len());
     let mut routes: HashMap<(&str, Option<&str>), &str> = HashMap::with_capacity(routed.len());
+    let mut ports: HashMap<u16, &str> = HashMap::new();
     let mut collides = vec![None; routed.len()];
     for (i, (_, svc)) in routed.iter().enumerate() {
         let route = (svc.path.as_str(), svc.host.as_deref());
-        if let Some(other) = backends.get(svc.backend.as_str()).or_else(|| routes.get(&route)) {
+        let taken = match svc.tcp_port {
+            Some(port) => ports.get(&port),
+            None => routes.get(&route),
+        };
+        if let Some(other) = backends.get(svc.backend.as_str()).or(taken) {
             collides[i] = Some(other.to_string());
         } else {
             backends.insert(&svc.backend, &svc.name);
-            routes.insert(route, &svc.name);
+            match svc.tcp_port {
+                Some(port) => _ = ports.insert(port, &svc.name),
+                None => _ = routes.insert(route, &svc.name),
+            }
         }
     }
     let mut out = Vec::with_capacity(routed.len());
@@ -199,7 +257,22 @@ pub fn services_cached(catalog: &Catalog, cache: &mut Cache) -> (Vec<Arc<Service
             .then_with(|| a.host.is_none().cmp(&b.host.is_none()))
             .then_with(|| a.name.cmp(&b.name))
     });
-    (out, skipped)
+    (out, skipped, warnings)
+}
+
+/// Takes out the TCP services whose port is one of `reserved` (the ports of
+/// HAProxy's own frontends): two frontends on one port would share it.
+pub fn reserve_ports(services: Vec<Arc<Service>>, reserved: &[u16]) -> (Vec<Arc<Service>>, Vec<Skipped>) {
+    let (kept, taken): (Vec<_>, Vec<_>) =
+        services.into_iter().partition(|s| s.tcp_port.is_none_or(|p| !reserved.contains(&p)));
+    let skipped = taken
+        .into_iter()
+        .map(|s| Skipped {
+            service: s.name.clone(),
+            reason: format!("{} {} is a port HAProxy already listens on", keys::PORT, s.tcp_port.unwrap_or_default()),
+        })
+        .collect();
+    (kept, skipped)
 }
 
 fn service(raw_name: &str, instances: &[Instance]) -> Result<Service, String> {
@@ -235,6 +308,51 @@ fn service(raw_name: &str, instances: &[Instance]) -> Result<Service, String> {
         Some(p) => url_path(p).ok_or_else(|| format!("{} {p:?} is not a plain URL path", keys::CHECK_PATH))?,
         None => "/".to_owned(),
     };
+    // A TCP service is routed by its port: without a usable one, not at all.
+    let tcp_port = match setting(keys::MODE).map(str::to_ascii_lowercase).as_deref() {
+        None | Some("" | "http") => None,
+        Some("tcp") => match setting(keys::PORT).map(str::parse::<u16>) {
+            Some(Ok(port)) if port > 0 => Some(port),
+            Some(_) => return Err(format!("{} {:?} is not a port", keys::PORT, setting(keys::PORT).unwrap_or(""))),
+            None => return Err(format!("{}=tcp needs {}", keys::MODE, keys::PORT)),
+        },
+        Some(other) => return Err(format!("{} {other:?} is not http or tcp", keys::MODE)),
+    };
+    // Optional settings: a refused value warns and the default applies.
+    let mut warnings = Vec::new();
+    let mut flag = |key: &str| match setting(key).map(str::to_ascii_lowercase).as_deref() {
+        None | Some("" | "false" | "0" | "no" | "off") => false,
+        Some("true" | "1" | "yes" | "on") => true,
+        Some(other) => {
+            warnings.push(format!("{key} {other:?} is not true or false; it is off"));
+            false
+        }
+    };
+    let sticky = flag(keys::STICKY);
+    let https_redirect = flag(keys::HTTPS_REDIRECT);
+    let mut positive = |key: &str| match setting(key) {
+        None | Some("") => None,
+        Some(v) => match v.parse::<u32>() {
+            Ok(n) if (1..=1_000_000).contains(&n) => Some(n),
+            _ => {
+                warnings.push(format!("{key} {v:?} is not a number from 1 to 1000000; there is no limit"));
+                None
+            }
+        },
+    };
+    let rate_limit = positive(keys::RATE_LIMIT);
+    let maxconn = positive(keys::MAXCONN);
+    if tcp_port.is_some() {
+        for (key, set) in
+            [(keys::STICKY, sticky), (keys::RATE_LIMIT, rate_limit.is_some()), (keys::HTTPS_REDIRECT, https_redirect)]
+        {
+            if set {
+                warnings.push(format!("{key} applies to HTTP services only; ignored for this TCP service"));
+            }
+        }
+    }
+    let http = tcp_port.is_none();
+    let sticky = (http && sticky).then(|| format!("lb_{name}"));
 
     let mut servers: Vec<Server> = Vec::new();
     for inst in sorted.iter().filter(|i| routable(i.status)) {
@@ -266,7 +384,13 @@ fn service(raw_name: &str, instances: &[Instance]) -> Result<Service, String> {
         host,
         balance,
         check_path,
+        tcp_port,
+        sticky,
+        rate_limit: rate_limit.filter(|_| http),
+        maxconn,
+        https_redirect: http && https_redirect,
         servers,
+        warnings,
     })
 }
 
@@ -410,6 +534,76 @@ mod tests {
     }
 
     #[test]
+    fn a_tcp_service_is_routed_by_its_port_and_ports_are_not_shared() {
+        let tcp = |port: &'static str| vec![(keys::MODE, "TCP"), (keys::PORT, port)];
+        let (s, skipped, _) = services_cached(
+            &catalog(&[
+                ("a", vec![inst("1", "10.0.0.2", HealthStatus::Passing, &tcp("6379"))]),
+                ("b", vec![inst("2", "10.0.0.3", HealthStatus::Passing, &tcp("6379"))]),
+                ("c", vec![inst("3", "10.0.0.4", HealthStatus::Passing, &tcp("80"))]),
+                ("d", vec![inst("4", "10.0.0.5", HealthStatus::Passing, &[(keys::MODE, "tcp")])]),
+                ("e", vec![inst("5", "10.0.0.6", HealthStatus::Passing, &tcp("99999"))]),
+                ("f", vec![inst("6", "10.0.0.7", HealthStatus::Passing, &[(keys::MODE, "udp")])]),
+                // An HTTP service with the same path as a TCP one: no clash.
+                ("g", vec![inst("7", "10.0.0.8", HealthStatus::Passing, &[(keys::PATH, "/a")])]),
+            ]),
+            &mut Cache::default(),
+        );
+        let routed: Vec<_> = s.iter().map(|s| (s.name.as_str(), s.tcp_port)).collect();
+        assert_eq!(routed, [("a", Some(6379)), ("c", Some(80)), ("g", None)]);
+        let reasons: BTreeMap<_, _> = skipped.iter().map(|s| (s.service.as_str(), s.reason.as_str())).collect();
+        assert!(reasons["b"].contains("collides with service \"a\""), "{reasons:?}");
+        assert!(reasons["d"].contains("needs lb_port"), "{reasons:?}");
+        assert!(reasons["e"].contains("\"99999\" is not a port"), "{reasons:?}");
+        assert!(reasons["f"].contains("not http or tcp"), "{reasons:?}");
+        // HAProxy's own ports are not for services.
+        let (kept, taken) = reserve_ports(s, &[80, 1936]);
+        assert_eq!(kept.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), ["a", "g"]);
+        assert_eq!(taken[0].service, "c");
+    }
+
+    #[test]
+    fn optional_settings_fall_back_with_a_warning_and_the_service_stays_routed() {
+        let good = [(keys::STICKY, "yes"), (keys::RATE_LIMIT, "20"), (keys::MAXCONN, "8"), (keys::HTTPS_REDIRECT, "1")];
+        let bad =
+            [(keys::STICKY, "maybe"), (keys::RATE_LIMIT, "0"), (keys::MAXCONN, "lots"), (keys::HTTPS_REDIRECT, "x")];
+        let (s, skipped, warnings) = services_cached(
+            &catalog(&[
+                ("good", vec![inst("1", "10.0.0.2", HealthStatus::Passing, &good)]),
+                ("bad", vec![inst("2", "10.0.0.3", HealthStatus::Passing, &bad)]),
+            ]),
+            &mut Cache::default(),
+        );
+        assert!(skipped.is_empty());
+        let by_name = |n: &str| s.iter().find(|s| s.name == n).unwrap().clone();
+        let (good, bad) = (by_name("good"), by_name("bad"));
+        assert_eq!(good.sticky.as_deref(), Some("lb_good"));
+        assert_eq!((good.rate_limit, good.maxconn, good.https_redirect), (Some(20), Some(8), true));
+        assert_eq!((bad.sticky.as_deref(), bad.rate_limit, bad.maxconn, bad.https_redirect), (None, None, None, false));
+        assert_eq!(warnings.len(), 4, "{warnings:?}");
+        assert!(warnings.iter().all(|w| w.service == "bad"));
+        assert!(warnings.iter().any(|w| w.reason.contains("lb_maxconn \"lots\"")), "{warnings:?}");
+        // HTTP-only settings on a TCP service: ignored, with a warning each.
+        let tcp = [(keys::MODE, "tcp"), (keys::PORT, "7000"), (keys::STICKY, "true"), (keys::MAXCONN, "3")];
+        let (s, _, warnings) = services_cached(
+            &catalog(&[("t", vec![inst("1", "10.0.0.2", HealthStatus::Passing, &tcp)])]),
+            &mut Cache::default(),
+        );
+        assert_eq!((s[0].sticky.as_deref(), s[0].maxconn), (None, Some(3)));
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+    }
+
+    #[test]
+    fn warnings_are_told_when_a_service_is_computed_not_at_every_change() {
+        let mut cache = Cache::default();
+        let bad = vec![inst("1", "10.0.0.2", HealthStatus::Passing, &[(keys::RATE_LIMIT, "x")])];
+        let mut cat = catalog(&[("bad", bad), ("other", vec![inst("2", "10.0.0.3", HealthStatus::Passing, &[])])]);
+        assert_eq!(services_cached(&cat, &mut cache).2.len(), 1);
+        cat.services.insert("other".into(), Arc::new(vec![inst("3", "10.0.0.4", HealthStatus::Passing, &[])]));
+        assert!(services_cached(&cat, &mut cache).2.is_empty(), "bad did not change");
+    }
+
+    #[test]
     fn unusable_addresses_are_not_routed() {
         let (s, _) = services(&catalog(&[("h", vec![inst("a", "not-an-ip", HealthStatus::Passing, &[])])]));
         assert!(s[0].servers.is_empty());
@@ -422,17 +616,17 @@ mod tests {
             ("a", vec![inst("a1", "10.0.0.1", HealthStatus::Passing, &[])]),
             ("b", vec![inst("b1", "10.0.0.2", HealthStatus::Passing, &[])]),
         ]);
-        let (first, _) = services_cached(&cat, &mut cache);
+        let (first, _, _) = services_cached(&cat, &mut cache);
         assert_eq!(first, services(&cat).0);
         // b changes (a new Arc); a keeps its Arc and its cached result.
         cat.services.insert("b".into(), Arc::new(vec![inst("b1", "10.0.0.9", HealthStatus::Passing, &[])]));
-        let (second, _) = services_cached(&cat, &mut cache);
+        let (second, _, _) = services_cached(&cat, &mut cache);
         assert_eq!(second, services(&cat).0);
         let b = second.iter().find(|s| s.name == "b").unwrap();
         assert_eq!(b.servers[0].address, "10.0.0.9:80");
         // A service that left is forgotten.
         cat.services.remove("a");
-        let (third, _) = services_cached(&cat, &mut cache);
+        let (third, _, _) = services_cached(&cat, &mut cache);
         assert_eq!(third.len(), 1);
         assert_eq!(cache.entries.len(), 1);
     }

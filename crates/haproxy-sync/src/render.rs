@@ -84,6 +84,8 @@ mod tests {
             hard_stop_after: "30s".into(),
             template: "t".into(),
             default_backend: "no_route".into(),
+            access_log: false,
+            https: None,
         }
     }
 
@@ -111,6 +113,61 @@ mod tests {
             assert!(text.contains(needle), "missing {needle:?} in\n{text}");
         }
         assert!(!text.contains("\n\n\n"));
+    }
+
+    #[test]
+    fn edge_settings_shape_frontends_and_backends() {
+        let inst = |service: &str, meta: &[(&str, &str)]| Instance {
+            id: format!("{service}-1"),
+            address: "10.0.0.2".into(),
+            port: 6379,
+            status: HealthStatus::Passing,
+            tags: vec![],
+            meta: meta.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+        };
+        let catalog = Catalog {
+            services: [
+                ("cache", vec![inst("cache", &[("lb_mode", "tcp"), ("lb_port", "6380"), ("lb_maxconn", "50")])]),
+                (
+                    "web",
+                    vec![inst("web", &[("lb_sticky", "true"), ("lb_rate_limit", "20"), ("lb_https_redirect", "on")])],
+                ),
+            ]
+            .into_iter()
+            .map(|(n, i)| (n.to_owned(), std::sync::Arc::new(i)))
+            .collect(),
+        };
+        let mut cfg = config(&catalog);
+        cfg.access_log = true;
+        // Without TLS, no redirect; with it on 443, to the same URL over
+        // HTTPS; on another port, to that port.
+        let plain = Renderer::default_template().render(&cfg).unwrap();
+        assert!(!plain.contains("redirect"), "{plain}");
+        cfg.https = Some(model::Https { port: 8443, crt_list: "/c/list".into() });
+        let other = Renderer::default_template().render(&cfg).unwrap();
+        let needle = "http-request redirect location https://%[req.hdr(host),field(1,:)]:8443%[capture.req.uri] code 308 if !{ ssl_fc } path_be_web\n";
+        assert!(other.contains(needle), "{other}");
+        cfg.https = Some(model::Https { port: 443, crt_list: "/c/list".into() });
+        let text = Renderer::default_template().render(&cfg).unwrap();
+        if let Ok(path) = std::env::var("RENDER_EDGE_TO") {
+            std::fs::write(path, &text).unwrap();
+        }
+        for needle in [
+            "log stdout format raw local0 info\n",
+            "frontend tcp_cache\n    mode tcp\n    bind :6380\n",
+            "default_backend be_cache\n",
+            "backend be_cache\n    balance roundrobin\n    mode tcp\n",
+            "server cache-1 10.0.0.2:6379 check weight 100 maxconn 50\n",
+            "cookie lb_web insert indirect nocache httponly\n",
+            "server web-1 10.0.0.2:6379 check weight 100 cookie web-1\n",
+            "http-request deny deny_status 429 if { sc_http_req_rate(0) gt 20 }\n",
+            "http-request redirect scheme https code 308 if !{ ssl_fc } path_be_web\n",
+            "\"request_id\":\"%[var(txn.request_id),json(utf8s)]\"",
+        ] {
+            assert!(text.contains(needle), "missing {needle:?} in\n{text}");
+        }
+        // A TCP service has no path route in the HTTP frontend.
+        assert!(!text.contains("path_be_cache"), "{text}");
     }
 
     #[test]

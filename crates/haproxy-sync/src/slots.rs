@@ -7,7 +7,7 @@
 //! ones finish) and written `disabled` to the file. Only a backend that needs
 //! more slots than it has changes the configuration's structure.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use crate::model::{Server, Service};
@@ -34,6 +34,8 @@ pub struct Slots {
     memo: HashMap<String, Laid>,
     /// The skeletons of the services laid out, in their order.
     skeleton: Vec<Arc<Service>>,
+    /// Backends whose clients are pinned to a server by a cookie.
+    sticky: BTreeSet<String>,
 }
 
 /// One service laid out: (as handed in, on its slots, its skeleton).
@@ -49,6 +51,9 @@ impl Slots {
         let mut next = Slots::default();
         let mut slotted = Vec::with_capacity(services.len());
         for svc in services {
+            if svc.sticky.is_some() {
+                next.sticky.insert(svc.backend.clone());
+            }
             let memo = self.memo.get(&svc.backend).filter(|(input, _, _)| Arc::ptr_eq(input, svc));
             if let (Some(laid), Some(slots)) = (memo, self.backends.get(&svc.backend)) {
                 slotted.push(laid.1.clone());
@@ -136,6 +141,12 @@ impl Slots {
                 let server = format!("{backend}/{}", slot_name(i));
                 match (before, after) {
                     (None, None) => {}
+                    // A sticky client would follow its cookie to a draining
+                    // server: in maintenance, it moves to another at once.
+                    // Requests in flight finish either way.
+                    (Some(_), None) if next.sticky.contains(backend) => {
+                        cmds.push(format!("set server {server} state maint"))
+                    }
                     (Some(_), None) => cmds.push(format!("set server {server} state drain")),
                     (before, Some(now)) => {
                         let (host, port) = split_address(&now.address);
@@ -215,6 +226,12 @@ mod tests {
             host: None,
             balance: "roundrobin".into(),
             check_path: "/".into(),
+            tcp_port: None,
+            sticky: None,
+            rate_limit: None,
+            maxconn: None,
+            https_redirect: false,
+            warnings: Vec::new(),
             servers: servers
                 .iter()
                 .map(|(n, a)| Server { name: (*n).into(), address: (*a).into(), weight: 100, enabled: true })

@@ -46,6 +46,10 @@ pub struct SyncOptions {
     pub default_service: Option<String>,
     /// Whether instance changes may use the runtime API (`--apply runtime`).
     pub runtime_api: bool,
+    /// JSON access logs on HAProxy's standard output (`--access-log`).
+    pub access_log: bool,
+    /// The HTTPS frontend (`--https-port`, `--certs`), when TLS is on.
+    pub https: Option<model::Https>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -132,9 +136,16 @@ impl Applier {
     /// The configuration for `catalog`, laid out on the slots in force.
     /// Services that cannot be routed safely are left out and logged.
     pub fn plan(&mut self, catalog: &Catalog) -> Result<Plan, RenderError> {
-        let (services, skipped) = model::services_cached(catalog, &mut self.cache);
+        let (services, mut skipped, warnings) = model::services_cached(catalog, &mut self.cache);
+        let (services, taken) = model::reserve_ports(services, &self.reserved_ports());
+        skipped.extend(taken);
+        let (services, unbindable) = self.bindable(services);
+        skipped.extend(unbindable);
         for s in skipped {
             warn!(service = %s.service, reason = %s.reason, "service not routed");
+        }
+        for w in warnings {
+            warn!(service = %w.service, warning = %w.reason, "setting refused; its default applies");
         }
         let (slots, services) = self.slots.layout(&services, self.opts.min_slots);
         let skeleton = slots.skeleton().to_vec();
@@ -151,7 +162,7 @@ impl Applier {
             .opts
             .default_service
             .as_deref()
-            .and_then(|name| services.iter().find(|s| s.name == name))
+            .and_then(|name| services.iter().find(|s| s.name == name && s.tcp_port.is_none()))
             .map_or_else(|| "no_route".to_owned(), |s| s.backend.clone());
         Config {
             default_backend,
@@ -162,7 +173,49 @@ impl Applier {
             runtime_socket: self.opts.runtime_socket.display().to_string(),
             hard_stop_after: self.opts.hard_stop_after.clone(),
             template: self.opts.template_name.clone(),
+            access_log: self.opts.access_log,
+            https: self.opts.https.clone(),
         }
+    }
+
+    /// Takes out the TCP services whose port HAProxy could not listen on
+    /// here (another program holds it, or it is privileged): the reload
+    /// would fail for every service. Only ports HAProxy does not already
+    /// serve are tried, and only when HAProxy runs beside haproxy-sync (not
+    /// with `--command`, where it may run elsewhere).
+    fn bindable(&self, services: Vec<Arc<model::Service>>) -> (Vec<Arc<model::Service>>, Vec<model::Skipped>) {
+        if self.opts.reload_command.is_some() {
+            return (services, Vec::new());
+        }
+        let serving: Vec<u16> = self.in_force.iter().flatten().filter_map(|s| s.tcp_port).collect();
+        let mut skipped = Vec::new();
+        let kept = services
+            .into_iter()
+            .filter(|s| match s.tcp_port.filter(|p| !serving.contains(p)) {
+                None => true,
+                Some(port) => match crate::haproxy::can_bind(&self.opts.bind, port) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        skipped.push(model::Skipped {
+                            service: s.name.clone(),
+                            reason: format!("{} {port} cannot be listened on here: {e}", model::keys::PORT),
+                        });
+                        false
+                    }
+                },
+            })
+            .collect();
+        (kept, skipped)
+    }
+
+    /// The ports of HAProxy's own frontends, which no TCP service may take.
+    fn reserved_ports(&self) -> Vec<u16> {
+        let mut ports = vec![self.opts.http_port];
+        if self.opts.stats_enabled {
+            ports.push(self.opts.stats_port);
+        }
+        ports.extend(self.opts.https.as_ref().map(|h| h.port));
+        ports
     }
 
     /// Adopts the configuration file already on disk if HAProxy accepts it,

@@ -13,8 +13,10 @@ use axum::http::Uri;
 use clap::Parser;
 use consul::{Check, Registration};
 use haproxy_sync::config::Args;
+mod common;
+
+use common::{Running, register};
 use testkit::{TestConsul, eventually, stable_port, unique_name};
-use tokio_util::sync::CancellationToken;
 
 const LIMIT: Duration = Duration::from_secs(10);
 
@@ -31,9 +33,7 @@ struct Lb {
     http: u16,
     stats: u16,
     admin: u16,
-    dir: PathBuf,
-    shutdown: CancellationToken,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    run: Running,
 }
 
 impl Lb {
@@ -79,11 +79,12 @@ impl Lb {
         .collect();
         argv.extend(extra.iter().map(|s| s.to_string()));
         let args = Args::parse_from(argv);
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(haproxy_sync::run(args, shutdown.clone()));
-        let lb = Lb { http, stats, admin, dir, shutdown, task };
-        eventually("HAProxy listens", LIMIT, || async {
-            tokio::net::TcpStream::connect(("127.0.0.1", http)).await.map(drop).map_err(|e| e.to_string())
+        let lb = Lb { http, stats, admin, run: Running::start(args, dir) };
+        // An answer, not a connection: haproxy-sync holds the HTTP port
+        // (HeldListener) before HAProxy serves it or the stats port.
+        let probe = reqwest::Client::builder().timeout(Duration::from_secs(1)).build().unwrap();
+        eventually("HAProxy answers", LIMIT, || async {
+            probe.get(format!("http://127.0.0.1:{http}/")).send().await.map(drop).map_err(|e| e.to_string())
         })
         .await;
         lb
@@ -117,48 +118,16 @@ impl Lb {
 
     /// One sample of haproxy-sync's /metrics (0 when absent).
     async fn metric(&self, sample: &str) -> f64 {
-        let text =
-            reqwest::get(format!("http://127.0.0.1:{}/metrics", self.admin)).await.unwrap().text().await.unwrap();
-        text.lines()
-            .find_map(|l| l.strip_prefix(sample).and_then(|rest| rest.strip_prefix(' ')))
-            .map_or(0.0, |v| v.trim().parse().unwrap())
+        common::metric(self.admin, sample).await
     }
 
     fn config(&self) -> String {
-        std::fs::read_to_string(self.dir.join("haproxy.cfg")).unwrap()
+        std::fs::read_to_string(self.run.dir.join("haproxy.cfg")).unwrap()
     }
 
-    async fn stop(mut self) {
-        self.shutdown.cancel();
-        (&mut self.task).await.unwrap().unwrap();
-        let _ = std::fs::remove_dir_all(&self.dir);
+    async fn stop(self) {
+        self.run.stop().await;
     }
-}
-
-impl Drop for Lb {
-    fn drop(&mut self) {
-        // HAProxy outlives haproxy-sync by design; a test that failed must
-        // not leave one running (holding the test's output open).
-        if std::thread::panicking() {
-            let _ = std::process::Command::new("pkill").arg("-f").arg(self.dir.display().to_string()).status();
-        }
-    }
-}
-
-async fn register(consul: &TestConsul, id: &str, name: &str, port: u16, meta: &[(&str, &str)]) {
-    consul
-        .client()
-        .register(&Registration {
-            id: id.into(),
-            name: name.into(),
-            tags: vec!["rest".into()],
-            address: "127.0.0.1".into(),
-            port,
-            meta: meta.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-            ..Registration::default()
-        })
-        .await
-        .unwrap();
 }
 
 #[tokio::test]
@@ -277,7 +246,7 @@ async fn a_config_haproxy_refuses_is_never_loaded_and_routing_goes_on() {
     tokio::time::sleep(Duration::from_millis(800)).await;
     assert_eq!(lb.ports("/hello", 10).await, BTreeSet::from([a]));
     assert_eq!(lb.config(), good);
-    assert!(lb.dir.join("haproxy.cfg.rejected").exists());
+    assert!(lb.run.dir.join("haproxy.cfg.rejected").exists());
 
     // Once the offending service goes, the next change applies.
     consul.client().deregister("brk").await.unwrap();
@@ -698,17 +667,16 @@ async fn a_runtime_change_the_file_cannot_follow_is_taken_back() {
     std::fs::create_dir_all(&dir).unwrap();
     let template =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../haproxy/haproxy.cfg.hbs")).unwrap();
-    let line = "    server {{name}} {{address}} check weight {{weight}}{{#unless enabled}} disabled{{/unless}}\n";
-    assert!(template.contains(line), "the default template's server line moved");
+    let line = template.lines().find(|l| l.starts_with("    server {{name}} {{address}}")).expect("a server line");
     let poisoned = template
-        .replace(line, &format!("{line}{{{{#if (eq address \"127.0.0.1:{b}\")}}}}    not-a-directive\n{{{{/if}}}}\n"));
+        .replace(line, &format!("{line}\n{{{{#if (eq address \"127.0.0.1:{b}\")}}}}    not-a-directive\n{{{{/if}}}}"));
     let path = dir.join("poisoned.hbs");
     std::fs::write(&path, poisoned).unwrap();
     let lb = Lb::start(&consul, &["--template", &path.display().to_string()]).await;
     lb.wait_ports("/hello", &[a]).await;
 
     register(&consul, "h-b", "hello", b, &[]).await;
-    let rejected = lb.dir.join("haproxy.cfg.rejected");
+    let rejected = lb.run.dir.join("haproxy.cfg.rejected");
     eventually("the file with b refused", LIMIT, || async {
         if rejected.exists() { Ok(()) } else { Err("no .rejected yet".to_owned()) }
     })
@@ -721,4 +689,249 @@ async fn a_runtime_change_the_file_cannot_follow_is_taken_back() {
     assert_eq!(lb.ports("/hello", 20).await, [a].into_iter().collect());
     lb.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A TCP backend that answers each connection with `<port>\n` and then
+/// echoes what it reads.
+async fn tcp_backend() -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut conn, _)) = listener.accept().await else { return };
+            tokio::spawn(async move {
+                if conn.write_all(format!("{port}\n").as_bytes()).await.is_err() {
+                    return;
+                }
+                let mut buf = [0u8; 1024];
+                while let Ok(n) = conn.read(&mut buf).await {
+                    if n == 0 || conn.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+/// Connects to HAProxy's `port`, says `hello`, and returns which backend
+/// answered and whether the echo came back.
+async fn tcp_ask(port: u16) -> Result<u16, String> {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let conn = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.map_err(|e| e.to_string())?;
+    let mut conn = BufReader::new(conn);
+    let mut line = String::new();
+    tokio::time::timeout(Duration::from_secs(2), conn.read_line(&mut line))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    let from: u16 = line.trim().parse().map_err(|_| format!("greeting {line:?}"))?;
+    conn.get_mut().write_all(b"hello\n").await.map_err(|e| e.to_string())?;
+    line.clear();
+    conn.read_line(&mut line).await.map_err(|e| e.to_string())?;
+    if line == "hello\n" { Ok(from) } else { Err(format!("echo {line:?}")) }
+}
+
+#[tokio::test]
+async fn a_tcp_service_is_served_on_its_port_and_scales_without_a_reload() {
+    let consul = TestConsul::start().await;
+    let (a, b) = (tcp_backend().await, tcp_backend().await);
+    let port = stable_port().to_string();
+    let tcp: &[(&str, &str)] = &[("lb_mode", "tcp"), ("lb_port", &port)];
+    register(&consul, "kv-a", "kv", a, tcp).await;
+    // Another TCP service asking for the same port is left out, and one
+    // asking for HAProxy's own HTTP port too; the first keeps its port.
+    let lb = Lb::start(&consul, &[]).await;
+    let http = lb.http.to_string();
+    register(&consul, "kv2", "kv2", b, tcp).await;
+    register(&consul, "kv3", "kv3", b, &[("lb_mode", "tcp"), ("lb_port", &http)]).await;
+    let port: u16 = port.parse().unwrap();
+    let seen = |n: usize| async move {
+        let mut seen = BTreeSet::new();
+        for _ in 0..n {
+            if let Ok(from) = tcp_ask(port).await {
+                seen.insert(from);
+            }
+        }
+        seen
+    };
+    eventually("the TCP service answers on its port", LIMIT, || async {
+        let s = seen(4).await;
+        if s == BTreeSet::from([a]) { Ok(()) } else { Err(format!("{s:?}")) }
+    })
+    .await;
+    // The HTTP frontend still routes: no path route was made for kv.
+    assert_eq!(lb.get("/kv").await.unwrap().0, 404);
+    assert_eq!(lb.get("/kv3").await.unwrap().0, 404);
+
+    let reloads = lb.metric("haproxy_sync_applies_total{kind=\"reload\"}").await;
+    register(&consul, "kv-b", "kv", b, tcp).await;
+    eventually("both instances answer", LIMIT, || async {
+        let s = seen(6).await;
+        if s == BTreeSet::from([a, b]) { Ok(()) } else { Err(format!("{s:?}")) }
+    })
+    .await;
+    assert_eq!(lb.metric("haproxy_sync_applies_total{kind=\"reload\"}").await, reloads, "scaled at runtime");
+    let config = lb.config();
+    assert!(config.contains(&format!("frontend tcp_kv\n    mode tcp\n    bind 127.0.0.1:{port}\n")), "{config}");
+    assert!(!config.contains("frontend tcp_kv2") && !config.contains("frontend tcp_kv3"), "{config}");
+
+    // A port another program holds (haproxy-sync's own /metrics here) is
+    // left out too: HAProxy could not listen there, and the reload would
+    // fail for every service. Changes to the others still go through.
+    let admin = lb.admin.to_string();
+    register(&consul, "kv4", "kv4", b, &[("lb_mode", "tcp"), ("lb_port", &admin)]).await;
+    let c = backend().await;
+    register(&consul, "later", "later", c, &[]).await;
+    lb.wait_ports("/later", &[c]).await;
+    assert!(!lb.config().contains("frontend tcp_kv4"));
+    assert!(tcp_ask(port).await.is_ok_and(|p| p == a || p == b), "the TCP service still answers");
+    lb.stop().await;
+}
+
+/// `GET path` with `cookie`; the answering backend's port and the cookie set, if any.
+async fn get_with_cookie(http: u16, path: &str, cookie: Option<&str>) -> (u16, Option<String>) {
+    let mut req = reqwest::Client::new().get(format!("http://127.0.0.1:{http}{path}"));
+    if let Some(c) = cookie {
+        req = req.header("cookie", c);
+    }
+    let resp = req.send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let set = resp.headers().get("set-cookie").map(|v| v.to_str().unwrap().split(';').next().unwrap().to_owned());
+    let body = resp.text().await.unwrap();
+    (body.split(' ').next().unwrap().parse().unwrap(), set)
+}
+
+#[tokio::test]
+async fn sticky_clients_stay_with_their_instance_while_others_come_and_go() {
+    let consul = TestConsul::start().await;
+    let (a, b, c) = (backend().await, backend().await, backend().await);
+    let sticky: &[(&str, &str)] = &[("lb_sticky", "true")];
+    register(&consul, "s-a", "shop", a, sticky).await;
+    register(&consul, "s-b", "shop", b, sticky).await;
+    let lb = Lb::start(&consul, &[]).await;
+    lb.wait_ports("/shop", &[a, b]).await;
+
+    // Two clients, pinned by the cookie HAProxy sets.
+    let (first, cookie1) = get_with_cookie(lb.http, "/shop", None).await;
+    let (second, cookie2) = get_with_cookie(lb.http, "/shop", None).await;
+    assert_ne!(first, second, "round robin until pinned");
+    let (cookie1, cookie2) = (cookie1.expect("a cookie"), cookie2.expect("a cookie"));
+    assert!(cookie1.starts_with("lb_shop="), "{cookie1}");
+    let reloads = lb.metric("haproxy_sync_applies_total{kind=\"reload\"}").await;
+
+    // A third instance joins: both clients stay where they are.
+    register(&consul, "s-c", "shop", c, sticky).await;
+    lb.wait_ports("/shop", &[a, b, c]).await;
+    for _ in 0..10 {
+        assert_eq!(get_with_cookie(lb.http, "/shop", Some(&cookie1)).await.0, first);
+        assert_eq!(get_with_cookie(lb.http, "/shop", Some(&cookie2)).await.0, second);
+    }
+
+    // The first client's instance leaves: that client moves (and is pinned
+    // anew), the other stays.
+    consul.client().deregister(if first == a { "s-a" } else { "s-b" }).await.unwrap();
+    let remaining: Vec<u16> = [a, b, c].into_iter().filter(|p| *p != first).collect();
+    lb.wait_ports("/shop", &remaining).await;
+    let (moved, new_cookie) = get_with_cookie(lb.http, "/shop", Some(&cookie1)).await;
+    assert_ne!(moved, first);
+    let new_cookie = new_cookie.expect("pinned anew");
+    for _ in 0..10 {
+        assert_eq!(get_with_cookie(lb.http, "/shop", Some(&new_cookie)).await.0, moved);
+        assert_eq!(get_with_cookie(lb.http, "/shop", Some(&cookie2)).await.0, second);
+    }
+    assert_eq!(lb.metric("haproxy_sync_applies_total{kind=\"reload\"}").await, reloads, "all at runtime");
+    lb.stop().await;
+}
+
+#[tokio::test]
+async fn weights_split_traffic_between_two_versions() {
+    let consul = TestConsul::start().await;
+    let (stable, canary) = (backend().await, backend().await);
+    register(&consul, "v1", "shop", stable, &[("lb_weight", "90")]).await;
+    register(&consul, "v2", "shop", canary, &[("lb_weight", "10")]).await;
+    let lb = Lb::start(&consul, &[]).await;
+    lb.wait_ports("/shop", &[stable, canary]).await;
+    let mut to_canary = 0;
+    for _ in 0..200 {
+        let (_, body) = lb.get("/shop").await.unwrap();
+        if body.starts_with(&canary.to_string()) {
+            to_canary += 1;
+        }
+    }
+    // Weighted round robin: 10% of 200, give or take a cycle.
+    assert!((15..=25).contains(&to_canary), "{to_canary} of 200 to the canary");
+    lb.stop().await;
+}
+
+/// A backend that answers after `delay`, counting the most requests it
+/// held at once (health checks, to `/`, answer at once, uncounted).
+async fn slow_backend(delay: Duration) -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let (now, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let m = most.clone();
+    let app = Router::new().fallback(move |uri: Uri| {
+        let (now, most) = (now.clone(), m.clone());
+        async move {
+            // HAProxy's health checks (`GET /`) are not counted.
+            if uri.path() != "/" {
+                let n = now.fetch_add(1, Ordering::SeqCst) + 1;
+                most.fetch_max(n, Ordering::SeqCst);
+                tokio::time::sleep(delay).await;
+                now.fetch_sub(1, Ordering::SeqCst);
+            }
+            format!("{port} {}", uri.path())
+        }
+    });
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (port, most)
+}
+
+#[tokio::test]
+async fn a_client_beyond_the_rate_gets_429_and_requests_beyond_maxconn_wait_their_turn() {
+    use std::sync::atomic::Ordering;
+    let consul = TestConsul::start().await;
+    let a = backend().await;
+    let (slow, most) = slow_backend(Duration::from_millis(200)).await;
+    register(&consul, "r", "limited", a, &[("lb_rate_limit", "5")]).await;
+    register(&consul, "q", "queued", slow, &[("lb_maxconn", "1")]).await;
+    register(&consul, "bad", "lenient", a, &[("lb_rate_limit", "lots")]).await;
+    let lb = Lb::start(&consul, &[]).await;
+    lb.wait_ports("/limited", &[a]).await;
+    lb.wait_ports("/queued", &[slow]).await;
+    // The rate counts the last second and part of the one before (where
+    // the waits above sent their requests): start afresh.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+
+    // 20 requests at once from one address: 5 pass in this second.
+    let statuses = futures_join(20, || async { lb.get("/limited").await.unwrap().0 }).await;
+    let ok = statuses.iter().filter(|s| **s == 200).count();
+    let limited = statuses.iter().filter(|s| **s == 429).count();
+    assert_eq!(ok + limited, 20, "{statuses:?}");
+    assert!((5..=6).contains(&ok), "{ok} passed: {statuses:?}");
+    // A refused value is no limit (with a warning), not an unrouted service.
+    let statuses = futures_join(20, || async { lb.get("/lenient").await.unwrap().0 }).await;
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+
+    // Four slow requests at once to an instance capped at one connection:
+    // all answered, one at a time.
+    most.store(0, Ordering::SeqCst);
+    let statuses = futures_join(4, || async { lb.get("/queued/slow").await.unwrap().0 }).await;
+    assert_eq!(statuses, [200; 4]);
+    assert_eq!(most.load(Ordering::SeqCst), 1, "the instance never held two");
+    lb.stop().await;
+}
+
+/// Runs `n` copies of `f` at once; their results in order.
+async fn futures_join<F, Fut, T>(n: usize, f: F) -> Vec<T>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = T>,
+{
+    futures_util::future::join_all((0..n).map(|_| f())).await
 }

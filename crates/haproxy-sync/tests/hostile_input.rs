@@ -39,6 +39,10 @@ const KEYWORDS: &[&str] = &[
     "http-request",
     "balance",
     "server",
+    "unique-id-format",
+    "log-format",
+    "cookie",
+    "stick-table",
 ];
 
 /// Strings that try hard to break out of where they are written.
@@ -53,6 +57,11 @@ fn hostile() -> impl Strategy<Value = String> {
         Just("ünïcødé/ß/東京".to_owned()),
         Just(" leading and trailing ".to_owned()),
         Just("1\nbind :2".to_owned()),
+        // Values the new keys accept, so their directives are checked too.
+        Just("tcp".to_owned()),
+        Just("true".to_owned()),
+        Just("7".to_owned()),
+        Just("18090".to_owned()),
         "\\PC{0,40}",
         any::<String>(),
         "[ -~]{0,300}",
@@ -76,6 +85,12 @@ fn instance() -> impl Strategy<Value = Instance> {
         Just(keys::BALANCE.to_owned()),
         Just(keys::CHECK_PATH.to_owned()),
         Just(keys::WEIGHT.to_owned()),
+        Just(keys::MODE.to_owned()),
+        Just(keys::PORT.to_owned()),
+        Just(keys::STICKY.to_owned()),
+        Just(keys::RATE_LIMIT.to_owned()),
+        Just(keys::MAXCONN.to_owned()),
+        Just(keys::HTTPS_REDIRECT.to_owned()),
         hostile(),
     ];
     let address = prop_oneof![Just("10.0.0.7".to_owned()), Just("fe80::1".to_owned()), hostile()];
@@ -115,6 +130,8 @@ fn render(catalog: &Catalog, dir: &std::path::Path) -> String {
         hard_stop_after: "5s".into(),
         template: "haproxy/haproxy.cfg.hbs".into(),
         default_backend: "no_route".into(),
+        https: None,
+        access_log: true,
     };
     Renderer::default_template().render(&config).unwrap()
 }

@@ -1,6 +1,6 @@
 //! Real parts for tests: a Consul dev agent on loopback ports of its own,
 //! ports for servers other processes run, unique names, and polling until a
-//! condition holds.
+//! condition holds, and a certificate authority for TLS tests ([`TestCa`]).
 //!
 //! No port here is picked by binding port 0 and closing the listener: the
 //! kernel hands such a port to the next outgoing connection as readily as
@@ -381,5 +381,45 @@ impl Drop for Closed {
 impl Drop for CountingProxy {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+/// A certificate authority made for a test, issuing TLS certificates as
+/// HAProxy reads them.
+pub struct TestCa {
+    cert: rcgen::Certificate,
+    key: rcgen::KeyPair,
+}
+
+#[allow(clippy::unwrap_used, reason = "rcgen fails only on parameters fixed here; a test stops")]
+impl TestCa {
+    /// A new CA, with a key of its own.
+    pub fn new() -> TestCa {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.distinguished_name.push(rcgen::DnType::CommonName, "portolan test CA");
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        TestCa { cert, key }
+    }
+
+    /// A certificate for `name` (a new key each time) as one PEM file:
+    /// leaf, chain and key; and the leaf in DER.
+    pub fn issue(&self, name: &str) -> (String, Vec<u8>) {
+        let params = rcgen::CertificateParams::new(vec![name.to_owned()]).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let leaf = params.signed_by(&key, &self.cert, &self.key).unwrap();
+        (format!("{}{}{}", leaf.pem(), self.cert.pem(), key.serialize_pem()), leaf.der().to_vec())
+    }
+
+    /// The CA's certificate, PEM.
+    pub fn pem(&self) -> String {
+        self.cert.pem()
+    }
+}
+
+impl Default for TestCa {
+    fn default() -> Self {
+        Self::new()
     }
 }
