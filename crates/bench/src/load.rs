@@ -48,11 +48,16 @@ pub struct Load {
 impl Load {
     /// `connections` clients, each sending its next request when the last is answered.
     pub fn closed(url: &str, connections: usize) -> Load {
+        Load::closed_with(url, connections, client)
+    }
+
+    /// [`Load::closed`], each client made by `make` (HTTPS, a connection per request, …).
+    pub fn closed_with(url: &str, connections: usize, make: impl Fn() -> reqwest::Client) -> Load {
         let mut load = Load::new();
         for _ in 0..connections {
             let (url, stop, record, t0) = (url.to_owned(), load.stop.clone(), load.record.clone(), load.t0);
+            let http = make();
             load.tasks.push(tokio::spawn(async move {
-                let http = client();
                 while !stop.load(Ordering::Relaxed) {
                     one(&http, &url, t0, &record).await;
                 }

@@ -11,6 +11,7 @@
 mod docker;
 mod haproxy;
 mod hosts;
+mod kill;
 mod load;
 mod modes;
 mod plot;
@@ -19,6 +20,8 @@ mod report;
 mod stack;
 mod startup;
 mod stats;
+mod tls;
+mod worker;
 
 use std::path::PathBuf;
 
@@ -52,6 +55,12 @@ enum Scenario {
     Stack(stack::Opts),
     /// Across Docker hosts: a three-host cluster and a two-node Swarm (scripts/hosts).
     Hosts(hosts::Opts),
+    /// Instances SIGKILLed under GET load, with the template's retries and with those before them.
+    Kill(kill::Opts),
+    /// HAProxy's worker SIGKILLed under load, with the held listener and with HAProxy binding the port itself.
+    Worker(worker::Opts),
+    /// HTTPS against plain HTTP through HAProxy, and certificates renewed under load.
+    Tls(tls::Opts),
     /// Idle memory of the demo service and the images' sizes.
     Footprint,
     /// Writes REPORT.md and its plots into DIR from the results in --out.
@@ -88,6 +97,9 @@ async fn main() -> anyhow::Result<()> {
         }
         Scenario::Stack(opts) => write(&cli.out, "stack", &stack::run(opts).await?)?,
         Scenario::Hosts(opts) => write(&cli.out, "hosts", &hosts::run(opts).await?)?,
+        Scenario::Kill(opts) => write(&cli.out, "kill", &kill::run(opts, &cli.out).await?)?,
+        Scenario::Worker(opts) => write(&cli.out, "worker", &worker::run(opts, &cli.out).await?)?,
+        Scenario::Tls(opts) => write(&cli.out, "tls", &tls::run(opts).await?)?,
         Scenario::Footprint => write(&cli.out, "footprint", &report::footprint(&cli.bin_dir).await?)?,
         Scenario::Report { dir } => report::write(&cli.out, dir, "scripts/bench report")?,
         Scenario::All { dir } => {
@@ -112,6 +124,12 @@ async fn main() -> anyhow::Result<()> {
             write(&cli.out, "apply-modes", &modes::run(&modes_opts, &cli.out).await?)?;
             write(&cli.out, "footprint", &report::footprint(&cli.bin_dir).await?)?;
             write(&cli.out, "stack", &stack::run(&stack::Opts { starts: 50 }).await?)?;
+            let kill_opts = kill::Opts { instances: 8, kills: 24, every_ms: 1000, connections: 8 };
+            write(&cli.out, "kill", &kill::run(&kill_opts, &cli.out).await?)?;
+            let worker_opts = worker::Opts { kills: 5, connections: 8, instances: 3 };
+            write(&cli.out, "worker", &worker::run(&worker_opts, &cli.out).await?)?;
+            let tls_opts = tls::Opts { seconds: 10, connections: 4, renewals: 10 };
+            write(&cli.out, "tls", &tls::run(&tls_opts).await?)?;
             let hosts_opts = hosts::Opts { starts: 30, cuts: 3, leader_kills: 3, swarm_scales: 5 };
             write(&cli.out, "hosts", &hosts::run(&hosts_opts).await?)?;
             write(&cli.out, "run", &serde_json::json!({ "scenarios_seconds": started.elapsed().as_secs_f64() }))?;

@@ -205,6 +205,148 @@ fn across_hosts(md: &mut String, h: &Value, dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The section of `portolan-bench kill`: failed requests with the template's retries and with those before.
+fn killed(md: &mut String, runs: &Value) -> anyhow::Result<()> {
+    let runs: Vec<crate::kill::Run> = serde_json::from_value(runs.clone())?;
+    writeln!(md, "## Instances SIGKILLed under load (`portolan-bench kill`)\n")?;
+    if let Some(r) = runs.first() {
+        writeln!(
+            md,
+            "The whole compose stack with {} containers of the demo image beside it. Under a closed-loop GET load of {} \
+             connections through HAProxy, {} instances are SIGKILLed one after another, the oldest first, one every {} ms \
+             (`docker kill -s KILL`: no draining), each replaced by a new one at once. The same run twice, each on a stack \
+             of its own from the same images (the same HAProxy): with the default template, and with its retry lines as \
+             they were before (`haproxy-sync --template`). HAProxy's counters for the backend (its stats page) show what \
+             the kills did: a response error is a request an instance died with, a retry a request sent again, a \
+             redispatch one sent to a server chosen anew.\n",
+            r.instances, r.connections, r.kills, r.every_ms
+        )?;
+    }
+    writeln!(
+        md,
+        "| Retries | Requests | Failed | p99 | max | HAProxy: retries / redispatches | connection / response errors |\n|---|---|---|---|---|---|---|"
+    )?;
+    for r in &runs {
+        let what = if r.template == "before" { "before (the release's)" } else { "the default template" };
+        writeln!(
+            md,
+            "| {what}: `{}` | {} | **{}** | {:.1} ms | {:.0} ms | {} / {} | {} / {} |",
+            r.retry_lines.iter().filter(|l| !l.starts_with("default-server")).cloned().collect::<Vec<_>>().join("`, `"),
+            r.load.requests,
+            r.load.failed,
+            r.load.latency_p99_ms,
+            r.load.latency_max_ms,
+            r.retries,
+            r.redispatches,
+            r.connection_errors,
+            r.response_errors
+        )?;
+    }
+    writeln!(md, "\nTarget: 0 failed GETs with the default template.\n")?;
+    for r in runs.iter().filter(|r| r.load.failed > 0) {
+        let first: Vec<String> = r.load.failures.iter().take(5).map(|f| format!("`{f}`")).collect();
+        writeln!(md, "First failures, {}: {}\n", r.template, first.join(", "))?;
+    }
+    Ok(())
+}
+
+/// The section of `portolan-bench worker`: HAProxy's worker SIGKILLed, with the held listener and without.
+fn worker_killed(md: &mut String, runs: &Value) -> anyhow::Result<()> {
+    let runs: Vec<crate::worker::Run> = serde_json::from_value(runs.clone())?;
+    writeln!(md, "## HAProxy's worker SIGKILLed under load (`portolan-bench worker`)\n")?;
+    if let Some(r) = runs.first() {
+        writeln!(
+            md,
+            "The whole compose stack. Under a closed-loop GET load of {} connections (so at most {} requests in flight), \
+             HAProxy's worker in the haproxy container is SIGKILLed {} times, each once the one before was replaced. \
+             HAProxy's master exits with its last worker and haproxy-keeper starts HAProxy again. The same run twice, \
+             each on a stack of its own from the same images: with the default template, whose HTTP frontend binds the \
+             listening socket haproxy-keeper holds (`fd@`), so connections wait in the kernel's queue for the next \
+             worker; and with HAProxy binding the port itself, as before.\n",
+            r.connections, r.connections, r.kills
+        )?;
+    }
+    writeln!(
+        md,
+        "| HTTP listener | Kills | Requests | Failed | In flight at each kill (at most) | max latency | kill → new worker (p50, max) |\n|---|---|---|---|---|---|---|"
+    )?;
+    for r in &runs {
+        let what = if r.listener == "held" { "held by haproxy-keeper (default)" } else { "bound by HAProxy (before)" };
+        let mut replaced = r.replaced_ms.clone();
+        replaced.sort_by(f64::total_cmp);
+        let p50 = replaced.get(replaced.len() / 2).copied().unwrap_or_default();
+        let max = replaced.last().copied().unwrap_or_default();
+        writeln!(
+            md,
+            "| {what} | {} | {} | **{}** | {} | {:.0} ms | {p50:.0} ms, {max:.0} ms |",
+            r.kills, r.load.requests, r.load.failed, r.connections, r.load.latency_max_ms
+        )?;
+    }
+    writeln!(
+        md,
+        "\nTarget: failed ≤ the requests in flight on the worker (here at most {} per kill).\n",
+        runs.first().map_or(0, |r| r.connections)
+    )?;
+    Ok(())
+}
+
+/// The section of `portolan-bench tls`: HTTPS against plain HTTP, and certificates renewed under load.
+fn tls(md: &mut String, results: &Value) -> anyhow::Result<()> {
+    let r: crate::tls::Results = serde_json::from_value(results.clone())?;
+    writeln!(md, "## TLS (`portolan-bench tls`)\n")?;
+    writeln!(
+        md,
+        "The whole compose stack with 2 demo instances and a certificate made by a test CA in its certificate \
+         directory. Requests per second through HAProxy for {} s each, {} closed-loop connections, one kind after \
+         another on the same stack: plain HTTP and HTTPS, with keep-alive and with a new connection (so, for HTTPS, \
+         a full handshake) per request.\n",
+        r.seconds, r.connections
+    )?;
+    writeln!(
+        md,
+        "| Connections | HTTP requests/s | HTTPS requests/s | HTTPS / HTTP | HTTP p50 / p99 | HTTPS p50 / p99 | failed |\n|---|---|---|---|---|---|---|"
+    )?;
+    for keep_alive in [true, false] {
+        let find = |scheme: &str| r.throughput.iter().find(|t| t.scheme == scheme && t.keep_alive == keep_alive);
+        if let (Some(http), Some(https)) = (find("http"), find("https")) {
+            writeln!(
+                md,
+                "| {} | {:.0} | {:.0} | {:.2} | {:.2} / {:.2} ms | {:.2} / {:.2} ms | {} / {} |",
+                if keep_alive { "keep-alive" } else { "one per request" },
+                http.requests_per_second,
+                https.requests_per_second,
+                https.requests_per_second / http.requests_per_second.max(1e-9),
+                http.load.latency_p50_ms,
+                http.load.latency_p99_ms,
+                https.load.latency_p50_ms,
+                https.load.latency_p99_ms,
+                http.load.failed,
+                https.load.failed
+            )?;
+        }
+    }
+    writeln!(
+        md,
+        "\nThen {} renewals of that certificate, one after another, each a new file renamed over the old one \
+         (as a secret update does), under an HTTPS load of 2 connections, a new connection per request. Served: \
+         the first new handshake showing the new certificate.\n",
+        r.renewals
+    )?;
+    writeln!(md, "| Figure | Measured | Target |\n|---|---|---|")?;
+    writeln!(
+        md,
+        "| certificate renewed → served | p50 {:.0} ms, max {:.0} ms (n={}) | ≤ 100 ms |",
+        r.renewed_to_served.p50_ms, r.renewed_to_served.max_ms, r.renewed_to_served.n
+    )?;
+    writeln!(md, "| reloads over the renewals | {} | 0 |", r.reloads)?;
+    writeln!(
+        md,
+        "| failed HTTPS requests over the renewals | {} of {} | 0 |\n",
+        r.renewal_load.failed, r.renewal_load.requests
+    )?;
+    Ok(())
+}
+
 /// Writes `report` (Markdown) and its plots into `dir`, from the results in `out`.
 pub fn write(out: &Path, dir: &Path, command: &str) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir)?;
@@ -228,7 +370,7 @@ pub fn write(out: &Path, dir: &Path, command: &str) -> anyhow::Result<()> {
     writeln!(md, "- {}\n", sh("consul version | head -1"))?;
     writeln!(
         md,
-        "Reproduce with `scripts/bench` (every scenario at these sizes), or one scenario with `scripts/bench <registrator|haproxy-sync|apply-modes|stack|hosts|footprint>` and then `scripts/bench report`. Raw results: `bench/out/*.json`.\n"
+        "Reproduce with `scripts/bench` (every scenario at these sizes), or one scenario with `scripts/bench <registrator|haproxy-sync|apply-modes|stack|kill|worker|tls|hosts|footprint>` and then `scripts/bench report`. Raw results: `bench/out/*.json`.\n"
     )?;
     writeln!(
         md,
@@ -270,6 +412,18 @@ pub fn write(out: &Path, dir: &Path, command: &str) -> anyhow::Result<()> {
             &dir.join("stack-latency.png"),
         )?;
         writeln!(md, "![whole-stack latency histograms](stack-latency.png)\n")?;
+    }
+    let kill = read(out, "kill");
+    if kill.is_array() {
+        killed(&mut md, &kill)?;
+    }
+    let worker = read(out, "worker");
+    if worker.is_array() {
+        worker_killed(&mut md, &worker)?;
+    }
+    let tls_results = read(out, "tls");
+    if tls_results.is_object() {
+        tls(&mut md, &tls_results)?;
     }
     let hosts = read(out, "hosts");
     if !hosts.is_null() {
@@ -665,9 +819,29 @@ mod tests {
             })
             .collect();
         std::fs::write(out.join("apply-modes.json"), serde_json::to_string(&runs).unwrap()).unwrap();
+        let kills: Vec<crate::kill::Run> = [("before", 7), ("retries", usize::MAX)]
+            .into_iter()
+            .map(|(template, fail_at)| crate::kill::Run {
+                template: template.into(),
+                retry_lines: vec!["retries 3".into(), "retry-on conn-failure".into()],
+                instances: 8,
+                kills: 24,
+                every_ms: 1000,
+                connections: 8,
+                load: outcome(300, fail_at),
+                seconds: 30.0,
+                retries: 9,
+                redispatches: 9,
+                connection_errors: 6,
+                response_errors: 3,
+            })
+            .collect();
+        std::fs::write(out.join("kill.json"), serde_json::to_string(&kills).unwrap()).unwrap();
 
         write(&out, &dir, "test").unwrap();
         let report = std::fs::read_to_string(dir.join("REPORT.md")).unwrap();
+        assert!(report.contains("| before (the release's): `retries 3`, `retry-on conn-failure` | "), "{report}");
+        assert!(report.contains("First failures, before") && !report.contains("First failures, retries"), "{report}");
         for png in [
             "stack-latency.png",
             "hosts-latency.png",

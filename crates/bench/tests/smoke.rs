@@ -80,6 +80,28 @@ fn every_scenario_runs_small_and_the_report_is_written() {
     assert_eq!(hosts["leader_to_new_leader"]["n"], 1, "{hosts}");
     assert_eq!(hosts["swarm_start_to_routed"]["n"], 3, "{hosts}");
 
+    bench(&out, &["kill", "--instances", "2", "--kills", "1", "--every-ms", "500", "--connections", "2"]);
+    let kill = json(&out, "kill");
+    let templates: Vec<&str> = kill.as_array().unwrap().iter().map(|r| r["template"].as_str().unwrap()).collect();
+    assert_eq!(templates, ["before", "retries"]);
+    for run in kill.as_array().unwrap() {
+        assert!(run["load"]["requests"].as_u64().unwrap() > 0, "{run}");
+    }
+
+    bench(&out, &["worker", "--kills", "1", "--connections", "2", "--instances", "1"]);
+    let worker = json(&out, "worker");
+    let listeners: Vec<&str> = worker.as_array().unwrap().iter().map(|r| r["listener"].as_str().unwrap()).collect();
+    assert_eq!(listeners, ["own", "held"]);
+    for run in worker.as_array().unwrap() {
+        assert_eq!(run["replaced_ms"].as_array().unwrap().len(), 1, "{run}");
+        assert!(run["load"]["requests"].as_u64().unwrap() > 0, "{run}");
+    }
+
+    bench(&out, &["tls", "--seconds", "1", "--connections", "1", "--renewals", "1"]);
+    let tls = json(&out, "tls");
+    assert_eq!(tls["throughput"].as_array().unwrap().len(), 4, "{tls}");
+    assert_eq!(tls["renewed_to_served"]["n"], 1, "{tls}");
+
     bench(&out, &["footprint"]);
     let footprint = json(&out, "footprint");
     assert!(footprint["demo_service_rss_mib"].as_f64().unwrap() > 0.0);
@@ -96,6 +118,9 @@ fn every_scenario_runs_small_and_the_report_is_written() {
         "## registrator",
         "## haproxy-sync",
         "## Zero loss under change",
+        "## Instances SIGKILLed under load",
+        "## HAProxy's worker SIGKILLed under load",
+        "## TLS",
         "## Footprint",
     ] {
         assert!(report.contains(section), "{section} missing from\n{report}");
