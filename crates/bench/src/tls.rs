@@ -91,14 +91,14 @@ fn put(stack: &Stack, pem: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// haproxy-sync's reloads so far, from its /metrics in the haproxy container.
+/// haproxy-sync's reloads so far, from its /metrics in the haproxy container
+/// (HAProxy's start counts as one, so the line is there once it serves).
 async fn reloads(metrics: &str) -> anyhow::Result<u64> {
-    let text = reqwest::get(metrics).await?.text().await?;
-    Ok(text
-        .lines()
+    let text = reqwest::get(metrics).await?.error_for_status()?.text().await?;
+    text.lines()
         .find_map(|l| l.strip_prefix("haproxy_sync_applies_total{kind=\"reload\"} "))
         .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0))
+        .with_context(|| format!("no haproxy_sync_applies_total{{kind=\"reload\"}} in {metrics}:\n{text}"))
 }
 
 pub async fn run(opts: &Opts) -> anyhow::Result<Results> {

@@ -101,6 +101,10 @@ fn every_scenario_runs_small_and_the_report_is_written() {
     let tls = json(&out, "tls");
     assert_eq!(tls["throughput"].as_array().unwrap().len(), 4, "{tls}");
     assert_eq!(tls["renewed_to_served"]["n"], 1, "{tls}");
+    for run in tls["throughput"].as_array().unwrap() {
+        assert!(run["load"]["requests"].as_u64().unwrap() > 0, "{run}");
+    }
+    assert!(tls["renewal_load"]["requests"].as_u64().unwrap() > 0, "{tls}");
 
     bench(&out, &["footprint"]);
     let footprint = json(&out, "footprint");

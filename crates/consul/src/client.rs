@@ -280,6 +280,12 @@ impl Client {
         self.ok(self.request(Method::PUT, &path).body(value.to_vec())).await
     }
 
+    /// Deletes `key` (tests and tools).
+    pub async fn kv_delete(&self, key: &str) -> Result<(), Error> {
+        let path = format!("v1/kv/{}", key.split('/').map(encode).collect::<Vec<_>>().join("/"));
+        self.ok(self.request(Method::DELETE, &path)).await
+    }
+
     async fn blocking<T: DeserializeOwned>(
         &self,
         path: String,

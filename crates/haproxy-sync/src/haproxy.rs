@@ -184,6 +184,9 @@ pub async fn ask_with_payload(socket: &Path, line: &str, payload: &str, limit: D
 /// so without it HAProxy binds the address itself, as before.
 pub const HTTP_LISTENER_ENV: &str = "HAPROXY_SYNC_HTTP_LISTENER";
 
+/// [`HTTP_LISTENER_ENV`] for the HTTPS frontend (with `--certs`).
+pub const HTTPS_LISTENER_ENV: &str = "HAPROXY_SYNC_HTTPS_LISTENER";
+
 /// A listening TCP socket opened by the process that runs HAProxy and kept
 /// open for as long as it runs, inherited by HAProxy (`bind fd@<n>`), its
 /// workers, `haproxy -c` and, under haproxy-keeper, haproxy-sync: HAProxy's
@@ -194,6 +197,8 @@ pub const HTTP_LISTENER_ENV: &str = "HAPROXY_SYNC_HTTP_LISTENER";
 #[derive(Debug)]
 pub struct HeldListener {
     fd: std::os::fd::OwnedFd,
+    /// The variable that names it to HAProxy's configuration.
+    var: &'static str,
 }
 
 impl HeldListener {
@@ -202,16 +207,21 @@ impl HeldListener {
     /// inherit it; `SO_REUSEPORT` as HAProxy's own listeners, so an HAProxy
     /// left running by a previous process still shares the port.
     pub fn bind(bind: &str, port: u16) -> std::io::Result<Self> {
+        Self::bind_for(HTTP_LISTENER_ENV, bind, port)
+    }
+
+    /// [`HeldListener::bind`], named to the configuration by `var`.
+    pub fn bind_for(var: &'static str, bind: &str, port: u16) -> std::io::Result<Self> {
         use nix::sys::socket::{self, Backlog, SockFlag};
         let fd = reuseport_socket(bind, port, SockFlag::empty())?;
         // HAProxy does not listen() on an inherited socket: this backlog is its.
         socket::listen(&fd, Backlog::new(4096).unwrap_or(Backlog::MAXCONN))?;
-        Ok(Self { fd })
+        Ok(Self { fd, var })
     }
 
     /// The variable HAProxy's configuration reads: `(HTTP_LISTENER_ENV, "fd@<n>")`.
     pub fn env(&self) -> (String, String) {
-        (HTTP_LISTENER_ENV.to_owned(), format!("fd@{}", std::os::fd::AsRawFd::as_raw_fd(&self.fd)))
+        (self.var.to_owned(), format!("fd@{}", std::os::fd::AsRawFd::as_raw_fd(&self.fd)))
     }
 }
 
@@ -249,6 +259,11 @@ pub fn can_bind(bind: &str, port: u16) -> std::io::Result<()> {
 /// the port itself could not while another socket has it.
 pub fn template_uses_held_listener(template: &str) -> bool {
     template.contains(HTTP_LISTENER_ENV)
+}
+
+/// Whether a template binds its HTTPS frontend to a [`HeldListener`] (names [`HTTPS_LISTENER_ENV`]).
+pub fn template_uses_held_https_listener(template: &str) -> bool {
+    template.contains(HTTPS_LISTENER_ENV)
 }
 
 /// Keeps HAProxy running until `shutdown`: started again (at once after a
@@ -350,6 +365,12 @@ mod tests {
             let text = hb.render_template(line, &serde_json::json!({ "bind": bind, "http_port": 80 })).unwrap();
             assert_eq!(text.trim(), want);
         }
+        // The HTTPS frontend's, likewise.
+        assert!(super::template_uses_held_https_listener(template));
+        let line = template.lines().find(|l| l.contains(super::HTTPS_LISTENER_ENV)).expect("the https bind line");
+        let data = serde_json::json!({ "bind": "", "https": { "port": 443, "crt_list": "/c/l" } });
+        let text = hb.render_template(line, &data).unwrap();
+        assert_eq!(text.trim(), r#"bind "${HAPROXY_SYNC_HTTPS_LISTENER-:443}" ssl crt-list /c/l alpn h2,http/1.1"#);
     }
 
     #[test]

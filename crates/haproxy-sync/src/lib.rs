@@ -71,9 +71,9 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
     }
     // Held from here until this returns, when this process runs HAProxy.
     let runs_haproxy = !args.external && args.command.is_none() && !args.dry_run && !args.once;
-    let held = if runs_haproxy { held_listener(&args) } else { None };
+    let held = if runs_haproxy { held_listeners(&args) } else { Vec::new() };
     let mut haproxy = haproxy_for(&args, credentials.clone());
-    haproxy.env.extend(held.as_ref().map(haproxy::HeldListener::env));
+    haproxy.env.extend(held.iter().map(haproxy::HeldListener::env));
     create_dirs(&args)?;
     let tls_opts = tls_options(&args)?;
     let opts = SyncOptions {
@@ -193,8 +193,8 @@ pub async fn keep(
 ) -> anyhow::Result<()> {
     // Held for as long as the keeper runs, through restarts of either;
     // haproxy-sync inherits it too, for its `haproxy -c`.
-    let held = held_listener(&args);
-    let held_env: Vec<(String, String)> = held.as_ref().map(haproxy::HeldListener::env).into_iter().collect();
+    let held = held_listeners(&args);
+    let held_env: Vec<(String, String)> = held.iter().map(haproxy::HeldListener::env).collect();
     let mut haproxy = haproxy_for(&args, args.stats_credentials()?);
     haproxy.env.extend(held_env.iter().cloned());
     create_dirs(&args)?;
@@ -227,28 +227,34 @@ fn tls_options(args: &Args) -> anyhow::Result<Option<tls::TlsOptions>> {
     Ok(Some(opts))
 }
 
-/// The HTTP frontend's socket, held for HAProxy ([`haproxy::HeldListener`])
-/// when the template binds to one; `None` (HAProxy binds the port itself,
-/// and a worker's death refuses connections until it is back) if it does
-/// not or the socket cannot be bound.
-fn held_listener(args: &Args) -> Option<haproxy::HeldListener> {
-    let uses = match &args.template {
-        Some(path) => std::fs::read_to_string(path).is_ok_and(|t| haproxy::template_uses_held_listener(&t)),
-        None => haproxy::template_uses_held_listener(render::DEFAULT_TEMPLATE),
+/// The HTTP (and, with `--certs`, HTTPS) frontend's socket, held for
+/// HAProxy ([`haproxy::HeldListener`]) when the template binds to one;
+/// none (HAProxy binds the port itself, and a worker's death refuses
+/// connections until it is back) if it does not or the socket cannot be
+/// bound.
+fn held_listeners(args: &Args) -> Vec<haproxy::HeldListener> {
+    let template = match &args.template {
+        Some(path) => std::fs::read_to_string(path).unwrap_or_default(),
+        None => render::DEFAULT_TEMPLATE.to_owned(),
     };
-    if !uses {
-        return None;
+    let mut wanted = Vec::new();
+    if haproxy::template_uses_held_listener(&template) {
+        wanted.push((haproxy::HTTP_LISTENER_ENV, "HTTP", args.http_port));
     }
-    match haproxy::HeldListener::bind(&args.bind, args.http_port) {
-        Ok(held) => {
-            info!(port = args.http_port, "holding the HTTP listener for HAProxy");
-            Some(held)
-        }
-        Err(e) => {
-            warn!(error = %e, port = args.http_port, "cannot hold the HTTP listener; HAProxy binds it itself");
-            None
+    if args.certs.is_some() && haproxy::template_uses_held_https_listener(&template) {
+        wanted.push((haproxy::HTTPS_LISTENER_ENV, "HTTPS", args.https_port));
+    }
+    let mut held = Vec::new();
+    for (var, what, port) in wanted {
+        match haproxy::HeldListener::bind_for(var, &args.bind, port) {
+            Ok(listener) => {
+                info!(port, "holding the {what} listener for HAProxy");
+                held.push(listener);
+            }
+            Err(e) => warn!(error = %e, port, "cannot hold the {what} listener; HAProxy binds it itself"),
         }
     }
+    held
 }
 
 /// Makes the directories of the configuration file and the sockets.

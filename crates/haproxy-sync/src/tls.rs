@@ -20,6 +20,11 @@
 //! configuration does not name the crt-list yet) the files are written for
 //! its start; what it serves is learnt again from HAProxy itself
 //! (`show ssl crt-list`, `show ssl cert`) whenever it may have changed.
+//!
+//! [`watch`] runs a round when inotify reports a change in DIR (once DIR was
+//! quiet for a moment), when [`follow_kv`] reports one in Consul KV
+//! (`--certs-kv PREFIX`: keys `PREFIX/<name>.pem`, the same bundles; a file
+//! of DIR wins over a key of the same name), and every [`POLL`] besides.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -44,8 +49,9 @@ pub const DEFAULT_NAME: &str = "default";
 pub const POLL: Duration = Duration::from_secs(1);
 
 /// After a change is reported, how long the directory must be quiet (a
-/// writer may write a file in several steps), and the longest wait.
-const SETTLE: (Duration, Duration) = (Duration::from_millis(10), Duration::from_millis(100));
+/// writer may write a file in several steps: the certificate, then the
+/// key), and the longest wait from the first change.
+const SETTLE: (Duration, Duration) = (Duration::from_millis(20), Duration::from_millis(100));
 
 /// How long one runtime API command may take.
 const LIMIT: Duration = Duration::from_secs(5);
@@ -226,8 +232,9 @@ pub fn crt_list_text(opts: &TlsOptions, names: &BTreeSet<&str>) -> String {
     text
 }
 
-/// Certificates read from Consul's KV store, by name: (key, content).
-pub type KvCerts = Arc<Mutex<BTreeMap<String, (String, Vec<u8>)>>>;
+/// Certificates read from Consul's KV store, by name: (key, content);
+/// `None` until Consul first answered.
+pub type KvCerts = Arc<Mutex<Option<BTreeMap<String, (String, Vec<u8>)>>>>;
 
 /// The certificates of DIR and HAProxy's copies, kept equal.
 pub struct Tls {
@@ -243,10 +250,10 @@ pub struct Tls {
     skipped: BTreeSet<String>,
     /// Files of DIR that could not be read, with the error: told once.
     unreadable: BTreeMap<String, String>,
-    /// Files of DIR as last read: size, modification time, content;
-    /// forgotten every [`REREAD`] rounds (a file rewritten in place within
-    /// one tick of the clock keeps both).
-    seen: BTreeMap<String, (u64, Option<std::time::SystemTime>, Vec<u8>)>,
+    /// Files of DIR as last read: their [`Stamp`] and content; forgotten
+    /// when inotify reports a change and every [`REREAD`] rounds (a file
+    /// rewritten in place within one tick of the clock keeps its stamp).
+    seen: BTreeMap<String, (Stamp, Vec<u8>)>,
     rounds: u32,
     /// Certificates from Consul's KV store, by name: (key, content), as
     /// [`follow_kv`] last read them.
@@ -257,6 +264,11 @@ pub struct Tls {
 
 /// Every this many rounds, every file of DIR is read again.
 const REREAD: u32 = 20;
+
+/// What tells a file of DIR changed without reading it: the file (device,
+/// inode: a file renamed into place or a swapped `..data` symlink is
+/// another one), its size and its modification time.
+type Stamp = (u64, u64, u64, Option<std::time::SystemTime>);
 
 /// What one certificate change did, for logs and figures.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -300,11 +312,11 @@ impl Tls {
     pub async fn sync(&mut self) -> anyhow::Result<Vec<Outcome>> {
         std::fs::create_dir_all(&self.opts.state)
             .map_err(|e| anyhow::anyhow!("creating {}: {e}", self.opts.state.display()))?;
-        let source = self.read_source();
+        let (source, complete) = self.read_source();
         if self.in_force.is_none() {
             self.in_force = self.learn().await;
         }
-        let wanted = self.wanted(source)?;
+        let wanted = self.wanted(source, complete)?;
         let Some(in_force) = self.in_force.clone() else {
             // HAProxy reads the files when it starts (or reloads onto the
             // configuration that names them).
@@ -348,26 +360,31 @@ impl Tls {
         Ok(done)
     }
 
-    /// DIR's `*.pem` files, by name.
-    fn read_source(&mut self) -> BTreeMap<String, Vec<u8>> {
+    /// DIR's `*.pem` files and Consul KV's certificates, by name (a file
+    /// wins over a key of the same name); whether that is all of them
+    /// (false while Consul KV has not answered yet).
+    fn read_source(&mut self) -> (BTreeMap<String, Vec<u8>>, bool) {
         let mut out = BTreeMap::new();
         self.rounds = self.rounds.wrapping_add(1);
         if self.rounds % REREAD == 0 {
             self.seen.clear();
         }
         let entries = match std::fs::read_dir(&self.opts.source) {
-            Ok(entries) => entries,
+            Ok(entries) => {
+                self.unreadable.remove(&self.opts.source.display().to_string());
+                Some(entries)
+            }
             Err(e) => {
                 let key = self.opts.source.display().to_string();
                 if self.unreadable.insert(key.clone(), e.to_string()).as_deref() != Some(&e.to_string()) {
-                    error!(dir = %key, error = %e, "cannot read the certificate directory");
+                    error!(dir = %key, error = %e, "cannot read the certificate directory; the certificates in force stay");
                 }
-                return out;
+                None
             }
         };
-        self.unreadable.remove(&self.opts.source.display().to_string());
+        let dir_read = entries.is_some();
         let mut present = BTreeSet::new();
-        for entry in entries.flatten() {
+        for entry in entries.into_iter().flatten().flatten() {
             let file = entry.file_name().to_string_lossy().into_owned();
             if file.starts_with('.') || !file.ends_with(".pem") {
                 continue;
@@ -381,15 +398,16 @@ impl Tls {
             };
             let path = entry.path();
             let read = std::fs::metadata(&path).and_then(|m| {
-                let stamp = (m.len(), m.modified().ok());
+                use std::os::unix::fs::MetadataExt;
+                let stamp: Stamp = (m.dev(), m.ino(), m.len(), m.modified().ok());
                 match self.seen.get(&file) {
                     _ if !m.is_file() || m.len() > MAX_FILE => {
                         Err(std::io::Error::other("not a file of at most 1 MiB"))
                     }
-                    Some((len, modified, bytes)) if (*len, *modified) == stamp => Ok(bytes.clone()),
+                    Some((seen, bytes)) if *seen == stamp => Ok(bytes.clone()),
                     _ => {
                         let bytes = std::fs::read(&path)?;
-                        self.seen.insert(file.clone(), (stamp.0, stamp.1, bytes.clone()));
+                        self.seen.insert(file.clone(), (stamp, bytes.clone()));
                         Ok(bytes)
                     }
                 }
@@ -408,20 +426,30 @@ impl Tls {
         }
         self.seen.retain(|file, _| present.contains(file));
         self.origin.clear();
-        let kv = self.kv.lock().map(|kv| kv.clone()).unwrap_or_default();
-        for (name, (key, pem)) in kv {
+        let kv = match self.opts.kv_prefix {
+            None => Some(BTreeMap::new()),
+            Some(_) => self.kv.lock().ok().and_then(|kv| kv.clone()),
+        };
+        let complete = dir_read && kv.is_some();
+        for (name, (key, pem)) in kv.unwrap_or_default() {
             if let std::collections::btree_map::Entry::Vacant(slot) = out.entry(name) {
                 self.origin.insert(slot.key().clone(), format!("Consul KV {key}"));
                 slot.insert(pem);
             }
         }
-        out
+        (out, complete)
     }
 
-    /// What HAProxy should serve: each file of DIR that passes [`check`]
-    /// (a refused one leaves the certificate in force under its name), and
-    /// the generated default when DIR has none.
-    fn wanted(&mut self, source: BTreeMap<String, Vec<u8>>) -> anyhow::Result<BTreeMap<String, Vec<u8>>> {
+    /// What HAProxy should serve: each certificate of `source` that passes
+    /// [`check`] (a refused one leaves the certificate in force under its
+    /// name), and the generated default when there is none. When `source`
+    /// is not `complete` (DIR unreadable, Consul KV not read yet: at start,
+    /// or Consul away since), what HAProxy serves stays besides.
+    fn wanted(
+        &mut self,
+        source: BTreeMap<String, Vec<u8>>,
+        complete: bool,
+    ) -> anyhow::Result<BTreeMap<String, Vec<u8>>> {
         let empty = BTreeMap::new();
         let in_force = self.in_force.as_ref().unwrap_or(&empty);
         let on_disk = |name: &str| std::fs::read(self.opts.path(name)).ok();
@@ -466,6 +494,20 @@ impl Tls {
                         wanted.insert(name.clone(), old);
                     }
                     self.refused.insert(name, pem);
+                }
+            }
+        }
+        if !complete {
+            let copies = std::fs::read_dir(&self.opts.state).into_iter().flatten().flatten();
+            let copies = copies.filter_map(|e| cert_name(&e.file_name().to_string_lossy()).map(str::to_owned));
+            let served: BTreeSet<String> = in_force.keys().cloned().chain(copies).collect();
+            for name in served {
+                if wanted.contains_key(&name) {
+                    continue;
+                }
+                let pem = in_force.get(&name).filter(|p| !p.is_empty()).cloned();
+                if let Some(pem) = pem.or_else(|| on_disk(&name).filter(|d| check(d).is_ok())) {
+                    wanted.insert(name, pem);
                 }
             }
         }
@@ -657,42 +699,30 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
 
 /// Applies DIR's certificates as inotify reports changes in it (a file
 /// written, renamed into place, removed; a `..data` symlink swapped, as
-/// Kubernetes updates secrets), once it settled, and at least every
-/// `interval`, until `shutdown`.
+/// Kubernetes updates secrets) or [`follow_kv`] reports a change in Consul
+/// KV, once it settled (20 ms of quiet), and at least every `interval`, until
+/// `shutdown`. A file is read again at every change reported: a file
+/// refused half-written is applied once complete. A change in Consul KV
+/// is whole when reported: it is applied at once.
 pub async fn watch(mut tls: Tls, interval: Duration, kv: Option<consul::Client>, shutdown: CancellationToken) {
-    use notify::Watcher;
     let (tx, mut changes) = tokio::sync::mpsc::unbounded_channel();
     if let (Some(client), Some(prefix)) = (kv, tls.opts.kv_prefix.clone()) {
         tokio::spawn(follow_kv(client, prefix, tls.kv.clone(), tx.clone(), shutdown.clone()));
     }
     let dir = tls.opts.source.clone();
-    let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if event.is_ok() {
-            let _ = tx.send(());
-        }
-    })
-    .and_then(|mut w| w.watch(&dir, notify::RecursiveMode::NonRecursive).map(|()| w));
-    let _watcher = match watcher {
+    let mut watcher = match watch_dir(&dir, &tx) {
         Ok(w) => Some(w),
         Err(e) => {
             warn!(dir = %dir.display(), error = %e, every = ?interval, "cannot watch the certificate directory; reading it periodically");
             None
         }
     };
+    // What changed between the first round and the watch.
+    let mut woken = true;
     let mut failing = false;
     loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            Some(()) = changes.recv() => {
-                let first = tokio::time::Instant::now();
-                while first.elapsed() < SETTLE.1 {
-                    match tokio::time::timeout(SETTLE.0, changes.recv()).await {
-                        Ok(Some(())) => {}
-                        _ => break,
-                    }
-                }
-            }
-            _ = tokio::time::sleep(interval) => {}
+        if woken {
+            tls.seen.clear();
         }
         match tls.sync().await {
             Ok(_) => {
@@ -708,22 +738,102 @@ pub async fn watch(mut tls: Tls, interval: Duration, kv: Option<consul::Client>,
                 failing = true;
             }
         }
+        woken = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            Some(wake) = changes.recv() => {
+                if wake == Wake::Dir {
+                    settle(&mut changes).await;
+                }
+                true
+            }
+            _ = tokio::time::sleep(interval) => false,
+        };
+        if watcher.is_none() {
+            // DIR may be there now.
+            watcher = watch_dir(&dir, &tx).ok();
+            if watcher.is_some() {
+                info!(dir = %dir.display(), "watching the certificate directory");
+                woken = true;
+            }
+        }
     }
+}
+
+/// What tells [`watch`] that certificates may have changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wake {
+    /// inotify: something changed in DIR (maybe half-way).
+    Dir,
+    /// [`follow_kv`]: Consul KV's certificates changed.
+    Kv,
+}
+
+/// An inotify watch on `dir` that wakes `wake` at each change in it.
+fn watch_dir(
+    dir: &Path,
+    wake: &tokio::sync::mpsc::UnboundedSender<Wake>,
+) -> notify::Result<notify::RecommendedWatcher> {
+    use notify::Watcher;
+    let wake = wake.clone();
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        // An error (the kernel's queue overflowed, say) may hide a change.
+        if event.as_ref().map_or(true, is_change) {
+            let _ = wake.send(Wake::Dir);
+        }
+    })?;
+    watcher.watch(dir, notify::RecursiveMode::NonRecursive)?;
+    Ok(watcher)
+}
+
+/// Whether an inotify event may be a change of a certificate: anything but
+/// a file or DIR opened, read or closed unwritten (which every round does).
+fn is_change(event: &notify::Event) -> bool {
+    use notify::EventKind;
+    use notify::event::{AccessKind, AccessMode};
+    match event.kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) => false,
+        _ => true,
+    }
+}
+
+/// Waits until no change came for [`SETTLE`]`.0`, at most [`SETTLE`]`.1`.
+async fn settle(changes: &mut tokio::sync::mpsc::UnboundedReceiver<Wake>) {
+    let first = tokio::time::Instant::now();
+    loop {
+        let left = SETTLE.1.saturating_sub(first.elapsed());
+        if left.is_zero() {
+            return;
+        }
+        match tokio::time::timeout(SETTLE.0.min(left), changes.recv()).await {
+            Ok(Some(_)) => {}
+            _ => return,
+        }
+    }
+}
+
+/// The certificate a Consul KV key holds, `dir` being the prefix with its
+/// `/` (empty: the whole store): `name` for `dir<name>.pem`, `None` for
+/// any other key (another name, a key further down, a folder).
+pub fn kv_cert_name<'a>(dir: &str, key: &'a str) -> Option<&'a str> {
+    key.strip_prefix(dir).filter(|file| !file.contains('/')).and_then(cert_name)
 }
 
 /// Follows the certificates under `prefix` in Consul's KV store (a
 /// blocking query) into `store`, waking `wake` at each change, until
 /// `shutdown`. Keys are `prefix/<name>.pem`; others are skipped with a
-/// warning, once.
+/// warning, once. When Consul does not answer, the last answer stays.
 pub async fn follow_kv(
     client: consul::Client,
     prefix: String,
     store: KvCerts,
-    wake: tokio::sync::mpsc::UnboundedSender<()>,
+    wake: tokio::sync::mpsc::UnboundedSender<Wake>,
     shutdown: CancellationToken,
 ) {
     use consul::blocking::{Next, Pace, Step, follow};
-    let prefix = prefix.trim_end_matches('/').to_owned();
+    let prefix = prefix.trim_matches('/').to_owned();
+    // Keys under the folder only (`tls/certs/`, not `tls/certs-old/`).
+    let dir = if prefix.is_empty() { String::new() } else { format!("{prefix}/") };
     let pace = Pace {
         wait: consul::client::DEFAULT_WAIT,
         min_interval: Duration::from_millis(5),
@@ -741,21 +851,20 @@ pub async fn follow_kv(
             }
             let mut certs = BTreeMap::new();
             for pair in value {
-                let file = pair.key.strip_prefix(&prefix).map(|k| k.trim_start_matches('/')).unwrap_or_default();
-                match cert_name(file) {
-                    Some(name) if !file.contains('/') => _ = certs.insert(name.to_owned(), (pair.key, pair.value)),
-                    _ if pair.key.ends_with('/') => {}
+                match kv_cert_name(&dir, &pair.key) {
+                    Some(name) => _ = certs.insert(name.to_owned(), (pair.key, pair.value)),
+                    None if pair.key.ends_with('/') => {}
                     _ => {
                         if skipped.insert(pair.key.clone()) {
-                            warn!(key = %pair.key, "Consul KV key skipped: name it {prefix}/<name>.pem with [A-Za-z0-9._-]");
+                            warn!(key = %pair.key, "Consul KV key skipped: name it {dir}<name>.pem with [A-Za-z0-9._-]");
                         }
                     }
                 }
             }
             if let Ok(mut store) = store.lock() {
-                if *store != certs {
-                    *store = certs;
-                    let _ = wake.send(());
+                if store.as_ref() != Some(&certs) {
+                    *store = Some(certs);
+                    let _ = wake.send(Wake::Kv);
                 }
             }
             Next::Go
@@ -768,7 +877,7 @@ pub async fn follow_kv(
             Next::Retry
         }
     };
-    let ask = |index, wait| client.kv_list(&prefix, index, wait);
+    let ask = |index, wait| client.kv_list(&dir, index, wait);
     tokio::select! {
         _ = shutdown.cancelled() => {}
         _ = follow(pace, ask, step, || std::future::ready(())) => {}
@@ -808,6 +917,56 @@ mod tests {
         for bad in ["a b.pem", ".hidden.pem", ".pem", "x.key", "x.pem.bak", "é.pem"] {
             assert_eq!(cert_name(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn only_plain_pem_keys_right_under_the_prefix_are_certificates() {
+        assert_eq!(kv_cert_name("tls/certs/", "tls/certs/a.test.pem"), Some("a.test"));
+        assert_eq!(kv_cert_name("", "a.test.pem"), Some("a.test"));
+        for other in ["tls/certs/", "tls/certs/sub/a.pem", "tls/certs-old/a.pem", "tls/certsa.pem", "tls/certs/a.key"] {
+            assert_eq!(kv_cert_name("tls/certs/", other), None, "{other}");
+        }
+    }
+
+    /// haproxy-sync started before Consul KV answered (or with Consul
+    /// away) keeps what HAProxy serves from KV; KV's first answer decides.
+    #[tokio::test]
+    async fn certificates_from_kv_stay_until_kv_answered() {
+        let root = std::env::temp_dir().join(format!("tls-kv-unknown-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let source = root.join("secrets");
+        std::fs::create_dir_all(&source).unwrap();
+        let haproxy = Haproxy {
+            bin: "haproxy".into(),
+            config: root.join("haproxy.cfg"),
+            master_socket: root.join("master.sock"),
+            env: Vec::new(),
+        };
+        let mut opts = TlsOptions::new(source.clone(), &root.join("haproxy.cfg"), root.join("admin.sock")).unwrap();
+        opts.kv_prefix = Some("tls/certs".into());
+        // A previous run served k.test from KV, and f.test from a file since removed.
+        std::fs::create_dir_all(&opts.state).unwrap();
+        let kv_pem = self_signed(&["k.test"]).unwrap();
+        std::fs::write(opts.path("k.test"), &kv_pem).unwrap();
+        std::fs::write(opts.path("f.test"), self_signed(&["f.test"]).unwrap()).unwrap();
+        let mut tls = Tls::new(opts.clone(), haproxy, Metrics::default());
+        // HAProxy does not run: the files are written for its start.
+        tls.sync().await.unwrap();
+        assert_eq!(std::fs::read_to_string(opts.path("k.test")).unwrap(), kv_pem);
+        let list = std::fs::read_to_string(opts.crt_list()).unwrap();
+        assert!(list.contains("/k.test.pem") && list.contains("/f.test.pem"), "{list}");
+        // KV answered: k.test is there, f.test is in neither.
+        let key = "tls/certs/k.test.pem".to_owned();
+        *tls.kv.lock().unwrap() = Some([("k.test".to_owned(), (key, kv_pem.clone().into_bytes()))].into());
+        tls.sync().await.unwrap();
+        let list = std::fs::read_to_string(opts.crt_list()).unwrap();
+        assert!(list.contains("/k.test.pem") && !list.contains("/f.test.pem"), "{list}");
+        assert!(!opts.path("f.test").exists());
+        // KV answered with nothing: k.test goes too.
+        *tls.kv.lock().unwrap() = Some(BTreeMap::new());
+        tls.sync().await.unwrap();
+        assert!(!opts.path("k.test").exists());
+        let _ = std::fs::remove_dir_all(&root);
     }
 
     #[test]
