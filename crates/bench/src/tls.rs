@@ -91,16 +91,6 @@ fn put(stack: &Stack, pem: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// haproxy-sync's reloads so far, from its /metrics in the haproxy container
-/// (HAProxy's start counts as one, so the line is there once it serves).
-async fn reloads(metrics: &str) -> anyhow::Result<u64> {
-    let text = reqwest::get(metrics).await?.error_for_status()?.text().await?;
-    text.lines()
-        .find_map(|l| l.strip_prefix("haproxy_sync_applies_total{kind=\"reload\"} "))
-        .and_then(|v| v.trim().parse().ok())
-        .with_context(|| format!("no haproxy_sync_applies_total{{kind=\"reload\"}} in {metrics}:\n{text}"))
-}
-
 pub async fn run(opts: &Opts) -> anyhow::Result<Results> {
     let stack = Stack::new("tls");
     tokio::task::block_in_place(|| stack.up(2));
@@ -111,16 +101,6 @@ pub async fn run(opts: &Opts) -> anyhow::Result<Results> {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let out = stack.compose(&["ps", "-q", "haproxy"]);
-    let container = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    let ip = crate::docker::docker(&[
-        "inspect",
-        "-f",
-        "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
-        &container,
-    ])?;
-    let metrics = format!("http://{}:9090/metrics", ip.trim());
-
     let tls = Tls { ca: testkit::TestCa::new(), port: stack.https_port };
     let (pem, first) = tls.ca.issue(NAME);
     put(&stack, &pem)?;
@@ -163,7 +143,7 @@ pub async fn run(opts: &Opts) -> anyhow::Result<Results> {
         }
     }
 
-    let before = reloads(&metrics).await?;
+    let before = stack.haproxy_sync_reloads().await;
     let url = format!("https://{NAME}:{}/hello", stack.https_port);
     let load = Load::closed_with(&url, 2, || tls.client(false));
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -184,7 +164,7 @@ pub async fn run(opts: &Opts) -> anyhow::Result<Results> {
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     let renewal_load = load.stop().await;
-    let reloads = reloads(&metrics).await?.saturating_sub(before);
+    let reloads = stack.haproxy_sync_reloads().await.saturating_sub(before);
     let renewed_to_served = Summary::of(&took);
     eprintln!(
         "[tls] renewed → served: p50 {:.0} ms, max {:.0} ms (n={}); {reloads} reloads; {} failed of {} HTTPS requests",

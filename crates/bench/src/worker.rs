@@ -13,7 +13,6 @@ use anyhow::{Context, bail};
 use e2e::Stack;
 use serde::{Deserialize, Serialize};
 
-use crate::docker::docker;
 use crate::load::{Load, Outcome};
 
 #[derive(Debug, Clone, clap::Args)]
@@ -69,25 +68,6 @@ pub async fn run(opts: &Opts, out: &Path) -> anyhow::Result<Vec<Run>> {
     Ok(runs)
 }
 
-/// The haproxy container's HAProxy workers: processes named `haproxy` whose
-/// parent is named `haproxy` (the master).
-fn workers(container: &str) -> anyhow::Result<Vec<u32>> {
-    let top = docker(&["top", container, "-eo", "pid,ppid,comm"])?;
-    let procs: Vec<(u32, u32, String)> = top
-        .lines()
-        .skip(1)
-        .filter_map(|l| {
-            let mut f = l.split_whitespace();
-            Some((f.next()?.parse().ok()?, f.next()?.parse().ok()?, f.next()?.to_owned()))
-        })
-        .collect();
-    Ok(procs
-        .iter()
-        .filter(|(_, ppid, comm)| comm == "haproxy" && procs.iter().any(|(p, _, c)| p == ppid && c == "haproxy"))
-        .map(|(pid, _, _)| *pid)
-        .collect())
-}
-
 async fn one(name: &str, template: &str, opts: &Opts, out: &Path) -> anyhow::Result<Run> {
     let stack = Stack::new(&format!("worker-{name}")).with_override(crate::kill::override_file(
         &format!("worker-{name}"),
@@ -103,20 +83,18 @@ async fn one(name: &str, template: &str, opts: &Opts, out: &Path) -> anyhow::Res
             _ => tokio::time::sleep(Duration::from_millis(200)).await,
         }
     }
-    let out = stack.compose(&["ps", "-q", "haproxy"]);
-    let container = String::from_utf8_lossy(&out.stdout).trim().to_owned();
 
     let url = format!("http://127.0.0.1:{}/hello", stack.http_port);
     let load = Load::closed(&url, opts.connections);
     tokio::time::sleep(Duration::from_secs(1)).await;
     let mut replaced_ms = Vec::new();
     for _ in 0..opts.kills {
-        let before = tokio::task::block_in_place(|| workers(&container))?;
-        let Some(victim) = before.first() else { bail!("{name}: no HAProxy worker in {container}") };
+        let before = tokio::task::block_in_place(|| stack.haproxy_workers());
+        let Some(victim) = before.first() else { bail!("{name}: no HAProxy worker") };
         let killed = Instant::now();
         std::process::Command::new("kill").args(["-9", &victim.to_string()]).status()?;
         loop {
-            let now = tokio::task::block_in_place(|| workers(&container))?;
+            let now = tokio::task::block_in_place(|| stack.haproxy_workers());
             if now.iter().any(|p| !before.contains(p)) {
                 replaced_ms.push(killed.elapsed().as_secs_f64() * 1e3);
                 break;

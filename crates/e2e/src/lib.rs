@@ -32,6 +32,21 @@ pub struct Stack {
     http: reqwest::Client,
 }
 
+/// One process of a container, as the host sees it.
+#[derive(Debug, Clone)]
+pub struct Proc {
+    pub pid: u32,
+    pub ppid: u32,
+    pub comm: String,
+}
+
+impl Proc {
+    /// An HAProxy worker: named haproxy, its parent (the master) too.
+    pub fn is_haproxy_worker(&self, all: &[Proc]) -> bool {
+        self.comm == "haproxy" && all.iter().any(|parent| parent.pid == self.ppid && parent.comm == "haproxy")
+    }
+}
+
 /// The outcome of one request through HAProxy.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Answer {
@@ -192,6 +207,57 @@ impl Stack {
                 (f.len() == 4).then(|| Some((f[2].parse().ok()?, f[3].to_string()))).flatten()
             })
             .collect()
+    }
+
+    /// The ID of `service`'s (first) container.
+    pub fn container(&self, service: &str) -> String {
+        let out = self.compose(&["ps", "-q", service]);
+        String::from_utf8_lossy(&out.stdout).lines().next().expect("the service runs").to_owned()
+    }
+
+    /// The address of `service`'s (first) container on the project's network.
+    pub fn container_ip(&self, service: &str) -> String {
+        let out = Command::new("docker")
+            .args(["inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}"])
+            .arg(self.container(service))
+            .output()
+            .expect("run docker inspect");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    /// The processes of `service`'s container (`docker top`: host PIDs, so
+    /// they are signalled from the host; the images have no shell or `kill`
+    /// of their own).
+    pub fn processes(&self, service: &str) -> Vec<Proc> {
+        let id = self.container(service);
+        let out = Command::new("docker").args(["top", &id, "-eo", "pid,ppid,comm"]).output().expect("run docker top");
+        assert!(out.status.success(), "docker top {service}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .skip(1)
+            .filter_map(|l| {
+                let mut f = l.split_whitespace();
+                Some(Proc { pid: f.next()?.parse().ok()?, ppid: f.next()?.parse().ok()?, comm: f.next()?.to_owned() })
+            })
+            .collect()
+    }
+
+    /// The PIDs of HAProxy's workers in the haproxy container.
+    pub fn haproxy_workers(&self) -> Vec<u32> {
+        let all = self.processes("haproxy");
+        all.iter().filter(|p| p.is_haproxy_worker(&all)).map(|p| p.pid).collect()
+    }
+
+    /// haproxy-sync's reloads so far (its /metrics in the haproxy
+    /// container; HAProxy's start counts as one, so the count is there once
+    /// it serves).
+    pub async fn haproxy_sync_reloads(&self) -> u64 {
+        let url = format!("http://{}:9090/metrics", self.container_ip("haproxy"));
+        let text = self.http.get(&url).send().await.expect("haproxy-sync's /metrics").text().await.unwrap_or_default();
+        text.lines()
+            .find_map(|l| l.strip_prefix("haproxy_sync_applies_total{kind=\"reload\"} "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no reload count at {url}:\n{text}"))
     }
 
     /// The logs of every service, for failure messages.

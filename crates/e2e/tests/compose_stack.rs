@@ -116,7 +116,7 @@ async fn access_logs_are_json_and_a_tcp_service_is_served_on_its_port() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
-    let haproxy = String::from_utf8_lossy(&stack.compose(&["ps", "-q", "haproxy"]).stdout).trim().to_owned();
+    let haproxy = stack.container("haproxy");
     let line = eventually("the request's access log line", Duration::from_secs(10), || async {
         let out = std::process::Command::new("docker").args(["logs", &haproxy]).output().unwrap();
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -154,11 +154,7 @@ async fn access_logs_are_json_and_a_tcp_service_is_served_on_its_port() {
     };
     let first = format!("{}-echo1", stack.project);
     let _one = echo(&first);
-    let out = std::process::Command::new("docker")
-        .args(["inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", &haproxy])
-        .output()
-        .unwrap();
-    let lb_ip = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let lb_ip = stack.container_ip("haproxy");
     let ask = move || {
         let lb_ip = lb_ip.clone();
         async move {
@@ -215,19 +211,6 @@ async fn https_serves_a_certificate_by_name_and_renews_it_without_a_reload_or_a_
     let stack = Stack::new("tls");
     stack.up(1);
     eventually("/hello answers", Duration::from_secs(60), || async { stack.hostnames(2).await.map(drop) }).await;
-    let haproxy = String::from_utf8_lossy(&stack.compose(&["ps", "-q", "haproxy"]).stdout).trim().to_owned();
-    let out = std::process::Command::new("docker")
-        .args(["inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", &haproxy])
-        .output()
-        .unwrap();
-    let metrics = format!("http://{}:9090/metrics", String::from_utf8_lossy(&out.stdout).trim());
-    let reloads = || async {
-        let text = reqwest::get(&metrics).await.unwrap().text().await.unwrap();
-        // HAProxy's start counts as one: the line is there once it serves.
-        let line = text.lines().find_map(|l| l.strip_prefix("haproxy_sync_applies_total{kind=\"reload\"} "));
-        line.unwrap_or_else(|| panic!("no reload count in {text}")).to_owned()
-    };
-
     let ca = testkit::TestCa::new();
     // A new connection and handshake for every request.
     let new_client = || {
@@ -273,7 +256,7 @@ async fn https_serves_a_certificate_by_name_and_renews_it_without_a_reload_or_a_
     })
     .await;
 
-    let before = reloads().await;
+    let before = stack.haproxy_sync_reloads().await;
     // Two clients, a new connection per request, until `stop`; each failure
     // with the time it happened.
     let stop = Arc::new(AtomicBool::new(false));
@@ -304,25 +287,12 @@ async fn https_serves_a_certificate_by_name_and_renews_it_without_a_reload_or_a_
     .await;
     let took = since.elapsed();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let renewed_reloads = reloads().await;
+    let renewed_reloads = stack.haproxy_sync_reloads().await;
 
     // HAProxy's worker SIGKILLed under the same load: haproxy-keeper holds
     // the HTTPS listener too, so only the requests in flight (one per
     // client) may fail.
-    let top = std::process::Command::new("docker").args(["top", &haproxy, "-eo", "pid,ppid,comm"]).output().unwrap();
-    let procs: Vec<(String, String, String)> = String::from_utf8_lossy(&top.stdout)
-        .lines()
-        .skip(1)
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            (f.len() == 3).then(|| (f[0].to_owned(), f[1].to_owned(), f[2].to_owned()))
-        })
-        .collect();
-    let worker = procs
-        .iter()
-        .find(|(_, ppid, comm)| comm == "haproxy" && procs.iter().any(|(p, _, c)| p == ppid && c == "haproxy"))
-        .map(|(pid, _, _)| pid.clone())
-        .expect("an HAProxy worker");
+    let worker = stack.haproxy_workers().first().expect("an HAProxy worker").to_string();
     let killed = Instant::now();
     assert!(std::process::Command::new("kill").args(["-9", &worker]).status().unwrap().success());
     eventually("HTTPS answers again after the worker's death", Duration::from_secs(20), || async {

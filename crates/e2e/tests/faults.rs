@@ -12,7 +12,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use e2e::{Answer, Load, LoadReport, Stack};
+use e2e::{Answer, Load, LoadReport, Proc, Stack};
 
 /// Every running `hello` container, by full ID.
 fn running(stack: &Stack) -> BTreeSet<String> {
@@ -108,38 +108,10 @@ impl Steady {
 /// containers with a shell health check run the demo service in it.
 const TOOLS: &str = "debian:trixie-slim";
 
-/// One process of a container, as the host sees it.
-#[derive(Debug)]
-struct Proc {
-    pid: u32,
-    ppid: u32,
-    comm: String,
-}
-
-/// The processes of the stack's `service` container (`docker top`: host
-/// PIDs, so they are signalled from here; the images have no shell or
-/// `kill` of their own).
-fn processes(stack: &Stack, service: &str) -> Vec<Proc> {
-    tokio::task::block_in_place(|| {
-        let out = stack.compose(&["ps", "-q", service]);
-        let id = String::from_utf8_lossy(&out.stdout).lines().next().expect("the service runs").to_owned();
-        let out = std::process::Command::new("docker").args(["top", &id, "-eo", "pid,ppid,comm"]).output().unwrap();
-        assert!(out.status.success(), "docker top {service}: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .skip(1)
-            .filter_map(|l| {
-                let mut f = l.split_whitespace();
-                Some(Proc { pid: f.next()?.parse().ok()?, ppid: f.next()?.parse().ok()?, comm: f.next()?.to_owned() })
-            })
-            .collect()
-    })
-}
-
 /// SIGKILL, at once, to the processes of `service` that `pick` chooses
 /// (given all of them); asserts there was one, naming `what`.
 fn kill(stack: &Stack, service: &str, what: &str, pick: impl Fn(&Proc, &[Proc]) -> bool) {
-    let all = processes(stack, service);
+    let all = tokio::task::block_in_place(|| stack.processes(service));
     let pids: Vec<String> = all.iter().filter(|p| pick(p, &all)).map(|p| p.pid.to_string()).collect();
     assert!(!pids.is_empty(), "no {what} process in {service}: {all:?}");
     // One may have exited since (an old HAProxy worker finishing, or one
@@ -229,9 +201,7 @@ async fn an_haproxy_worker_killed_converges() {
     let load = Steady::start(&stack);
     tokio::time::sleep(Duration::from_millis(300)).await;
     // A process named haproxy whose parent (the master) is named haproxy.
-    kill(&stack, "haproxy", "HAProxy worker", |p, all| {
-        p.comm == "haproxy" && all.iter().any(|parent| parent.pid == p.ppid && parent.comm == "haproxy")
-    });
+    kill(&stack, "haproxy", "HAProxy worker", Proc::is_haproxy_worker);
     let took = converge(&stack, &consul, "HAProxy worker SIGKILL", Duration::from_secs(20)).await;
     let seen = load.stop().await;
     report("HAProxy worker SIGKILL", took, &seen);

@@ -176,16 +176,14 @@ impl Lb {
     /// The master's reload counter (`show proc`), once the master answers
     /// (HAProxy 2.6's master re-executes itself on a reload).
     async fn reloads(&self) -> u64 {
-        let socket = self.run.dir.join("master.sock");
-        eventually("the master answers", LIMIT, || async {
-            let answer = haproxy_sync::haproxy::ask(&socket, "show proc", LIMIT).await.map_err(|e| e.to_string())?;
-            answer
-                .lines()
-                .find(|l| l.split_whitespace().nth(1) == Some("master"))
-                .and_then(|l| l.split_whitespace().nth(2)?.parse().ok())
-                .ok_or(answer)
-        })
-        .await
+        let haproxy = haproxy_sync::haproxy::Haproxy {
+            bin: "haproxy".into(),
+            config: self.run.dir.join("haproxy.cfg"),
+            master_socket: self.run.dir.join("master.sock"),
+            env: Vec::new(),
+        };
+        eventually("the master answers", LIMIT, || async { haproxy.worker_reloads().await.map_err(|e| e.to_string()) })
+            .await
     }
 
     async fn metric(&self, sample: &str) -> f64 {
