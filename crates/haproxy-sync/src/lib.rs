@@ -124,7 +124,7 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
                 if metrics.consul_up.get() == 1 { Ok(String::new()) } else { Err("Consul does not answer".to_owned()) }
             }) as ops::admin::HealthCheck
         };
-        ops::admin::serve(listener, Arc::new(registry), health, shutdown.clone());
+        ops::admin::serve(listener, Arc::new(registry), health, axum::Router::new(), shutdown.clone());
     }
 
     // The certificates and crt-list the configuration names are there

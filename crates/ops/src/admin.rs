@@ -134,18 +134,20 @@ pub async fn probe_and_exit(addr: AdminAddr) -> ! {
     std::process::exit(if healthy { 0 } else { 1 })
 }
 
-/// Serves [`router`] on `listener` until `shutdown`.
+/// Serves [`router`] and the service's own pages (`extra`) on `listener`
+/// until `shutdown`.
 pub fn serve(
     listener: tokio::net::TcpListener,
     registry: Arc<Registry>,
     health: HealthCheck,
+    extra: Router,
     shutdown: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "serving /metrics and /health");
     }
     tokio::spawn(async move {
-        let served = axum::serve(listener, router(registry, health))
+        let served = axum::serve(listener, router(registry, health).merge(extra))
             .with_graceful_shutdown(async move { shutdown.cancelled().await })
             .await;
         if let Err(e) = served {
@@ -193,7 +195,7 @@ mod tests {
         let shutdown = CancellationToken::new();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let task = serve(listener, Arc::new(registry), health, shutdown.clone());
+        let task = serve(listener, Arc::new(registry), health, Router::new(), shutdown.clone());
 
         let metrics = reqwest::get(format!("http://{addr}/metrics")).await.unwrap().text().await.unwrap();
         assert!(metrics.contains("t_things_total 3"), "{metrics}");

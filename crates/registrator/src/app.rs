@@ -1,7 +1,8 @@
 //! registrator's wiring: from its arguments to a running [`Registrar`]:
 //! waits for Docker and Consul, finds its own networks and the host's
 //! address, checks where its agent runs ([`crate::placement`]), serves
-//! `/metrics`, then runs the loop ([`crate::run`]) until shutdown.
+//! `/metrics`, `/health` and the report (`/containers`, [`crate::pages`]),
+//! then runs the loop ([`crate::run`]) until shutdown.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -90,7 +91,14 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
             let registrar = registrar.clone();
             Arc::new(move || registrar.health()) as ops::admin::HealthCheck
         };
-        ops::admin::serve(listener, Arc::new(registry), health, shutdown.clone());
+        let source = {
+            let registrar = registrar.clone();
+            Arc::new(move || {
+                let registrar = registrar.clone();
+                Box::pin(async move { registrar.report().await }) as futures_util::future::BoxFuture<'static, _>
+            }) as crate::pages::Source
+        };
+        ops::admin::serve(listener, Arc::new(registry), health, crate::pages::router(source), shutdown.clone());
     }
     let every = |secs: u64| (secs > 0).then(|| Duration::from_secs(secs));
     let opts = Options { resync_every: every(args.resync), verify_every: every(args.verify) };

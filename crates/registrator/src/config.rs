@@ -9,9 +9,13 @@ use clap::Parser;
 ///
 /// A container is registered when it carries SERVICE_NAME (environment or
 /// label). Every flag also works Go-style with one dash (-internal, -resync=5).
+/// `registrator explain CONTAINER` asks the registrator running here what it
+/// did with a container, and why.
 #[derive(Debug, Parser)]
 #[command(name = "registrator", version)]
 pub struct Args {
+    #[command(subcommand)]
+    pub command: Option<Command>,
     #[command(flatten)]
     pub consul: consul::ConsulArgs,
     /// Always register the container's own address and exposed port, never a published host port.
@@ -76,12 +80,43 @@ pub struct Args {
     pub admin: ops::admin::AdminArgs,
 }
 
+/// What else registrator can be asked to do than run.
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Ask the registrator running here what it did with one container, and
+    /// why: the services registered for it and their state in Consul, or why
+    /// nothing is. Exits 0 with the answer, 1 when the container is unknown
+    /// or registrator does not answer.
+    Explain(ExplainArgs),
+}
+
+/// `registrator explain CONTAINER [--metrics-addr ADDR]`.
+#[derive(Debug, clap::Args)]
+pub struct ExplainArgs {
+    /// The container: its name, its ID, or an ID prefix (at least 4 hex digits).
+    pub container: String,
+    /// The running registrator's admin address (its --metrics-addr); default:
+    /// METRICS_ADDR, else 0.0.0.0:9090, asked on loopback.
+    #[arg(long = "metrics-addr", value_name = "ADDR")]
+    pub metrics_addr: Option<ops::admin::AdminAddr>,
+}
+
 impl Args {
     /// Parses the process arguments, Go-style single-dash flags included.
     pub fn from_env() -> Self {
+        Self::parse_go_style(std::env::args())
+    }
+
+    /// Parses `argv` (program name first), Go-style single-dash flags included.
+    pub fn parse_go_style(argv: impl IntoIterator<Item = String>) -> Self {
         use clap::CommandFactory;
-        let args = ops::go_style_args(&Self::command(), std::env::args());
-        Self::parse_from(args)
+        Self::parse_from(ops::go_style_args(&Self::command(), argv))
+    }
+
+    /// The admin address `registrator explain` asks: its own
+    /// `--metrics-addr`, else registrator's (`METRICS_ADDR` or the default).
+    pub fn explain_addr(&self, explain: &ExplainArgs) -> ops::admin::AdminAddr {
+        explain.metrics_addr.unwrap_or(self.admin.metrics_addr)
     }
 }
 
@@ -98,6 +133,34 @@ mod tests {
         assert_eq!(args.resync, 5);
         assert_eq!(args.tags.as_deref(), Some("a,b"));
         assert_eq!(args.consul.settings().unwrap().base_url().as_str(), "http://consul:8500/");
+    }
+
+    #[test]
+    fn explain_parses_beside_go_registrators_command_line() {
+        let parse = |argv: &[&str]| {
+            let cmd = <Args as clap::CommandFactory>::command();
+            Args::try_parse_from(ops::go_style_args(&cmd, argv.iter().map(|a| (*a).to_owned())))
+        };
+        let args = parse(&["registrator", "explain", "web"]).unwrap();
+        let Some(Command::Explain(explain)) = &args.command else { panic!("{args:?}") };
+        assert_eq!(explain.container, "web");
+        assert_eq!(args.explain_addr(explain), args.admin.metrics_addr, "registrator's own address by default");
+        for flag in ["--metrics-addr=127.0.0.1:9091", "-metrics-addr=127.0.0.1:9091"] {
+            let args = parse(&["registrator", "explain", "/web", flag]).unwrap();
+            let Some(Command::Explain(explain)) = &args.command else { panic!("{args:?}") };
+            assert_eq!(explain.container, "/web");
+            assert_eq!(args.explain_addr(explain).0, Some("127.0.0.1:9091".parse().unwrap()), "{flag}");
+        }
+        let args = parse(&["registrator", "-metrics-addr=127.0.0.1:9092", "explain", "3f2a"]).unwrap();
+        let Some(Command::Explain(explain)) = &args.command else { panic!("{args:?}") };
+        assert_eq!(args.explain_addr(explain).0, Some("127.0.0.1:9092".parse().unwrap()), "given before explain");
+        assert!(parse(&["registrator", "explain"]).is_err(), "a container is needed");
+        // Go Registrator's documented command line is still a run.
+        let args = parse(&["registrator", "-internal", "-resync=5", "consul://consul:8500"]).unwrap();
+        assert!(args.command.is_none() && args.internal);
+        assert_eq!(args.consul.consul, "consul://consul:8500");
+        let args = parse(&["registrator", "consul://localhost:8500"]).unwrap();
+        assert!(args.command.is_none());
     }
 
     #[test]

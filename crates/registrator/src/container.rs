@@ -17,6 +17,9 @@ pub struct Container {
     /// `Config.Hostname`.
     pub hostname: String,
     pub running: bool,
+    /// Docker's word for its state (`running`, `paused`, `restarting`,
+    /// `exited`, ...), as `docker ps` shows it; empty when unknown.
+    pub status: String,
     /// The exit code of its last run, once it stopped.
     pub exit_code: Option<i64>,
     /// `SERVICE_*` settings: environment first, labels override.

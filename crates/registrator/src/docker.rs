@@ -190,6 +190,7 @@ fn convert(c: ContainerInspectResponse) -> Container {
         hostname: config.hostname.unwrap_or_default(),
         exit_code: state.exit_code,
         running: state.running.unwrap_or(false) && !state.restarting.unwrap_or(false) && !state.paused.unwrap_or(false),
+        status: state.status.map(|s| s.to_string()).unwrap_or_default(),
         env: parse_env(config.env.unwrap_or_default().iter()),
         labels: config.labels.unwrap_or_default().into_iter().collect(),
         ports,

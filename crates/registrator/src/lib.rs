@@ -11,6 +11,9 @@
 //! - [`state`]: what registrator knows and wants, and every decision, as
 //!   pure transitions (events, looks at Docker and Consul, outcomes → ops).
 //! - [`registrar`]: the thin loop around the state: events, timers, I/O.
+//! - [`report`]: what registrator did with each container, and why, as
+//!   JSON, text and HTML; [`pages`] serves it on the admin address
+//!   (`/containers`), [`explain`] asks for it (`registrator explain`).
 //! - [`placement`]: whether the agent is this host's and `-ip` one of its addresses.
 //! - [`metrics`]: what `/metrics` reports.
 //! - [`config`]: command line and environment.
@@ -21,9 +24,12 @@ pub mod app;
 pub mod config;
 pub mod container;
 pub mod docker;
+pub mod explain;
 pub mod metrics;
+pub mod pages;
 pub mod placement;
 pub mod registrar;
+pub mod report;
 pub mod service;
 pub mod state;
 pub mod tags;

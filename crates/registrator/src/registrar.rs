@@ -18,7 +18,7 @@ use consul::blocking::{Next, Pace, Step};
 use consul::{AgentService, Registration};
 use futures_util::{StreamExt, stream};
 use ops::Backoff;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
@@ -26,6 +26,7 @@ use tracing::{debug, error, info, warn};
 use crate::container::Container;
 use crate::docker::Engine;
 use crate::metrics::{ActionLabel, KindLabel, Metrics};
+use crate::report::Report;
 use crate::service::{self, Rules};
 use crate::state::{Deregister, Note, Op, Outcome, State, Timing};
 
@@ -225,6 +226,9 @@ struct Status {
     refused: Vec<(String, String)>,
 }
 
+/// A request for the report, answered by the loop.
+type ReportRequest = oneshot::Sender<Report>;
+
 /// The registrar: Docker and the agent, the rules, and what it reports.
 pub struct Registrar<D = Engine, A = HostAgent> {
     docker: D,
@@ -234,10 +238,15 @@ pub struct Registrar<D = Engine, A = HostAgent> {
     timing: Timing,
     metrics: Metrics,
     status: Mutex<Status>,
+    /// Requests for [`Registrar::report`], and their receiving end, which
+    /// the loop holds while it runs.
+    reports: mpsc::Sender<ReportRequest>,
+    report_requests: Mutex<Option<mpsc::Receiver<ReportRequest>>>,
 }
 
 impl<D: Docker, A: Agent> Registrar<D, A> {
     pub fn new(agent: A, docker: D, rules: Rules) -> Self {
+        let (reports, requests) = mpsc::channel(REPORTS_WAITING);
         Self {
             docker,
             agent,
@@ -246,6 +255,8 @@ impl<D: Docker, A: Agent> Registrar<D, A> {
             timing: Timing::default(),
             metrics: Metrics::default(),
             status: Mutex::default(),
+            reports,
+            report_requests: Mutex::new(Some(requests)),
         }
     }
 
@@ -270,6 +281,18 @@ impl<D: Docker, A: Agent> Registrar<D, A> {
             return Err(why);
         }
         Ok(status.refused.iter().map(|(id, why)| format!("refused by Consul: {id}: {why}\n")).collect())
+    }
+
+    /// What the loop did with each container, and why
+    /// ([`State::report`]), computed by the loop when asked: `None` when no
+    /// loop runs, or it does not answer within [`REPORT_WAIT`].
+    pub async fn report(&self) -> Option<Report> {
+        let ask = async {
+            let (tx, rx) = oneshot::channel();
+            self.reports.send(tx).await.ok()?;
+            rx.await.ok()
+        };
+        tokio::time::timeout(REPORT_WAIT, ask).await.ok().flatten()
     }
 
     fn publish(&self, state: &State) {
@@ -389,6 +412,42 @@ impl<D: Docker, A: Agent> Registrar<D, A> {
                 Note::RefusalsDropped { left } => debug!(left, "refusals of changes no longer needed dropped"),
             }
         }
+    }
+}
+
+/// How many requests for the report may wait for the loop.
+const REPORTS_WAITING: usize = 64;
+
+/// How long [`Registrar::report`] waits for the loop.
+pub const REPORT_WAIT: Duration = Duration::from_secs(5);
+
+/// The receiving end of report requests, held by the loop while it runs
+/// and given back when it ends.
+struct Requests<'a> {
+    slot: &'a Mutex<Option<mpsc::Receiver<ReportRequest>>>,
+    rx: Option<mpsc::Receiver<ReportRequest>>,
+}
+
+impl<'a> Requests<'a> {
+    fn take(slot: &'a Mutex<Option<mpsc::Receiver<ReportRequest>>>) -> Self {
+        let rx = slot.lock().ok().and_then(|mut r| r.take());
+        Self { slot, rx }
+    }
+}
+
+impl Drop for Requests<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut slot) = self.slot.lock() {
+            *slot = self.rx.take();
+        }
+    }
+}
+
+/// The next request for the report; never, without a receiver.
+async fn next_request(requests: &mut Option<mpsc::Receiver<ReportRequest>>) -> Option<ReportRequest> {
+    match requests {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -548,6 +607,8 @@ pub async fn drive<D: Docker, A: Agent>(
     let mut next_verify = Instant::now() + opts.verify_every.unwrap_or(far);
     let mut w = Pending::default();
     let mut inflight = futures_util::stream::FuturesUnordered::new();
+    // Requests for the report are answered here, where the state is.
+    let mut requests = Requests::take(&registrar.report_requests);
     loop {
         // Start what is wanted and may run now: the ops the state plans
         // (not while the agent is being looked at: what it holds is about
@@ -628,6 +689,9 @@ pub async fn drive<D: Docker, A: Agent>(
                 w.look_consul = true;
             }
             _ = tokio::time::sleep_until(wake) => {}
+            Some(reply) = next_request(&mut requests.rx) => {
+                let _ = reply.send(state.report(Instant::now()));
+            }
         }
         state.prune_refused();
         registrar.log(state.take_notes());
@@ -961,6 +1025,28 @@ mod tests {
         assert!(h.agent().holds("host1:bad:80"));
         assert_eq!(h.registrar.metrics.refused.get(), 0);
         h.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_loop_answers_for_the_report_while_it_runs_and_not_after() {
+        let mut bad = container("bad", "bad");
+        bad.env.insert("SERVICE_CHECK_SCRIPT".into(), "/bin/check".into());
+        let h = Harness::start(&[bad, container("good", "good")], OPTS);
+        *h.agent().refuse.lock().unwrap() = Some("bad".into());
+        settle().await;
+        let report = h.registrar.report().await.expect("the loop answers");
+        assert!(report.complete);
+        let status = |name: &str| {
+            let c = report.containers.iter().find(|c| c.name == name).unwrap();
+            (c.services[0].status, c.services[0].reason.clone().unwrap_or_default())
+        };
+        assert_eq!(status("good"), (crate::report::Status::Registered, String::new()));
+        let (refused, why) = status("bad");
+        assert_eq!(refused, crate::report::Status::Refused);
+        assert!(why.contains("Scripts are disabled"), "{why}");
+        let registrar = h.registrar.clone();
+        h.stop().await;
+        assert_eq!(registrar.report().await, None, "no loop, no report (after {REPORT_WAIT:?})");
     }
 
     #[tokio::test(start_paused = true)]

@@ -47,12 +47,15 @@ pub struct Rules {
 }
 
 /// The services a container asks for, why any it asked for was refused,
-/// and what was changed on the way (a name made DNS-safe).
+/// what was changed on the way (a name made DNS-safe), and what it does not
+/// ask for and why (`skipped`: the container's own choice or registrator's
+/// rules, nothing to warn of, but what `/containers` tells a user).
 #[derive(Debug, Default, PartialEq)]
 pub struct Desired {
     pub services: Vec<Registration>,
     pub problems: Vec<String>,
     pub warnings: Vec<String>,
+    pub skipped: Vec<String>,
 }
 
 const KNOWN_KEYS: &[&str] = &["NAME", "TAGS", "ID", "IGNORE", "NETWORK"];
@@ -66,17 +69,21 @@ const MAX_TAG: usize = 256;
 const DEFAULT_BRIDGE: &str = "bridge";
 
 /// The services `c` asks for under `rules`. A container that is not running
-/// asks for none.
+/// asks for none. Whatever is not registered is said, in `problems` (refused)
+/// or `skipped` (not asked for).
 pub fn desired(c: &Container, rules: &Rules) -> Desired {
     let mut out = Desired::default();
     if !c.running {
+        out.skipped.push(not_running(c));
         return out;
     }
     let keys = Keys::of(c);
     if keys.global("SERVICE_NAME").is_none() && !keys.any_port_name() && !rules.register_all {
+        out.skipped.push(NO_SERVICE_NAME.into());
         return out;
     }
-    if truthy(keys.global("SERVICE_IGNORE")) {
+    if let Some(value) = keys.global("SERVICE_IGNORE").filter(|v| truthy(Some(v))) {
+        out.skipped.push(format!("SERVICE_IGNORE={value:?}: the container asks not to be registered"));
         return out;
     }
     if c.ports.is_empty() {
@@ -95,7 +102,18 @@ pub fn desired(c: &Container, rules: &Rules) -> Desired {
     let mut reachable = Vec::new();
     for &port in &c.ports {
         let named = keys.port(port, "NAME").is_some() || keys.global("SERVICE_NAME").is_some() || rules.register_all;
-        if truthy(keys.get(port, "IGNORE")) || !named {
+        if truthy(keys.get(port, "IGNORE")) {
+            out.skipped.push(format!(
+                "port {}: SERVICE_{}_IGNORE is set: this port asks not to be registered",
+                port.number, port.number
+            ));
+            continue;
+        }
+        if !named {
+            out.skipped.push(format!(
+                "port {}: neither SERVICE_{}_NAME nor SERVICE_NAME names it: only named ports are registered",
+                port.number, port.number
+            ));
             continue;
         }
         match address(c, rules, &keys, port) {
@@ -110,11 +128,22 @@ pub fn desired(c: &Container, rules: &Rules) -> Desired {
                 out.services.push(reg);
                 out.warnings.extend(warning);
             }
-            Ok(None) => {}
+            Ok(None) => out.skipped.push(format!("port {}: no service name for it", port.number)),
             Err(why) => out.problems.push(format!("port {}: {why}", port.number)),
         }
     }
     out
+}
+
+/// Why a container without `SERVICE_NAME` is not registered.
+pub const NO_SERVICE_NAME: &str = "no SERVICE_NAME (environment or label): registrator registers only containers that set one (or every container with ports when started with -all)";
+
+/// Why a container that is not running asks for nothing.
+fn not_running(c: &Container) -> String {
+    match c.status.as_str() {
+        "" | "running" => "the container is not running: only running containers are registered".into(),
+        status => format!("the container is not running ({status}): only running containers are registered"),
+    }
 }
 
 type Warning = Option<String>;
@@ -209,6 +238,9 @@ fn address(c: &Container, rules: &Rules, keys: &Keys, port: Port) -> Result<(IpA
             }
         };
     }
+    if c.network_mode == "none" {
+        return Err(no_address(c));
+    }
     let host = rules.host_ip.or(rules.host_address);
     let shared = c
         .networks
@@ -220,7 +252,7 @@ fn address(c: &Container, rules: &Rules, keys: &Keys, port: Port) -> Result<(IpA
         if c.host_network {
             return host.map(|ip| (ip, port.number)).ok_or_else(no_host_address);
         }
-        return shared.or(any_network).map(|ip| (ip, port.number)).ok_or_else(|| "the container has no address".into());
+        return shared.or(any_network).map(|ip| (ip, port.number)).ok_or_else(|| no_address(c));
     }
     if let Some(ip) = shared.filter(|_| rules.host_ip.is_none() || published.is_none()) {
         return Ok((ip, port.number));
@@ -233,7 +265,7 @@ fn address(c: &Container, rules: &Rules, keys: &Keys, port: Port) -> Result<(IpA
         return host.map(|ip| (ip, port.number)).ok_or_else(no_host_address);
     }
     if rules.own_networks.is_empty() {
-        return any_network.map(|ip| (ip, port.number)).ok_or_else(|| "the container has no address".into());
+        return any_network.map(|ip| (ip, port.number)).ok_or_else(|| no_address(c));
     }
     Err(format!(
         "unreachable: not published, and the container's networks {:?} are not registrator's {:?}{}; publish the port (-p), attach the container to one of registrator's networks, or set SERVICE_NETWORK",
@@ -245,6 +277,18 @@ fn address(c: &Container, rules: &Rules, keys: &Keys, port: Port) -> Result<(IpA
             ""
         },
     ))
+}
+
+/// Why a container has no address to register, by its network mode.
+fn no_address(c: &Container) -> String {
+    match (c.network_mode.as_str(), &c.network_container) {
+        ("none", _) => "network mode \"none\": the container has no network, so nothing can reach it".into(),
+        (_, Some(other)) => format!(
+            "it runs in the network namespace of container {} (--net=container:), which has no address",
+            other.chars().take(12).collect::<String>()
+        ),
+        _ => "the container has no address on any network".into(),
+    }
 }
 
 fn no_host_address() -> String {
@@ -571,6 +615,66 @@ mod tests {
         assert!(desired(&c, &rules()).services.is_empty());
         let c = container(&[("SERVICE_NAME", "hello"), ("SERVICE_IGNORE", "true")], &["80/tcp"]);
         assert!(desired(&c, &rules()).services.is_empty());
+    }
+
+    #[test]
+    fn what_is_not_asked_for_says_why() {
+        let skipped = |c: &Container, r: &Rules| {
+            let d = desired(c, r);
+            assert!(d.services.is_empty() && d.problems.is_empty(), "{d:?}");
+            d.skipped
+        };
+        let mut c = container(&[("SERVICE_NAME", "hello")], &["80/tcp"]);
+        c.running = false;
+        assert_eq!(skipped(&c, &rules()), ["the container is not running: only running containers are registered"]);
+        c.status = "paused".into();
+        assert_eq!(
+            skipped(&c, &rules()),
+            ["the container is not running (paused): only running containers are registered"]
+        );
+        assert_eq!(skipped(&container(&[], &["80/tcp"]), &rules()), [NO_SERVICE_NAME]);
+        assert_eq!(skipped(&container(&[("SERVICE_TAGS", "x")], &[]), &rules()), [NO_SERVICE_NAME]);
+        let ignored = container(&[("SERVICE_NAME", "hello"), ("SERVICE_IGNORE", "yes")], &["80/tcp"]);
+        assert_eq!(skipped(&ignored, &rules()), ["SERVICE_IGNORE=\"yes\": the container asks not to be registered"]);
+        let not_ignored = container(&[("SERVICE_NAME", "hello"), ("SERVICE_IGNORE", "false")], &["80/tcp"]);
+        assert_eq!(desired(&not_ignored, &rules()).services.len(), 1, "only a true value ignores");
+        // Per port: ignored, or not named while another port is.
+        let c = container(
+            &[("SERVICE_80_NAME", "web"), ("SERVICE_8080_IGNORE", "true")],
+            &["80/tcp", "443/tcp", "8080/tcp"],
+        );
+        let d = desired(&c, &rules());
+        assert_eq!(d.services.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), ["web"]);
+        assert_eq!(
+            d.skipped,
+            [
+                "port 443: neither SERVICE_443_NAME nor SERVICE_NAME names it: only named ports are registered",
+                "port 8080: SERVICE_8080_IGNORE is set: this port asks not to be registered",
+            ]
+        );
+        assert!(desired(&container(&[("SERVICE_NAME", "h")], &["80/tcp"]), &rules()).skipped.is_empty());
+    }
+
+    #[test]
+    fn a_container_without_a_network_says_which_mode_it_is_in() {
+        let problem = |c: &Container, r: &Rules| desired(c, r).problems.join(" ");
+        let mut none = container(&[("SERVICE_NAME", "h")], &["80/tcp"]);
+        none.network_mode = "none".into();
+        none.networks = [("none".to_owned(), NetworkAddress::default())].into();
+        for r in [rules(), Rules { own_networks: vec![], ..rules() }, Rules { internal: true, ..rules() }] {
+            let why = problem(&none, &r);
+            assert_eq!(why, "port 80: network mode \"none\": the container has no network, so nothing can reach it");
+        }
+        let mut pod = container(&[("SERVICE_NAME", "h")], &["80/tcp"]);
+        pod.network_mode = "container:0123456789abcdef".into();
+        pod.network_container = Some("0123456789abcdef".into());
+        pod.networks.clear();
+        let why = problem(&pod, &Rules { own_networks: vec![], ..rules() });
+        assert!(why.contains("network namespace of container 0123456789ab (--net=container:)"), "{why}");
+        let mut bare = container(&[("SERVICE_NAME", "h")], &["80/tcp"]);
+        bare.networks.clear();
+        let why = problem(&bare, &Rules { internal: true, ..rules() });
+        assert_eq!(why, "port 80: the container has no address on any network");
     }
 
     #[test]

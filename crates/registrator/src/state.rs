@@ -19,7 +19,8 @@ use ops::Backoff;
 use tokio::time::Instant;
 
 use crate::container::Container;
-use crate::service::{self, OWNER_META, Rules};
+use crate::report::{ContainerReport, Report, ServiceReport, Status};
+use crate::service::{self, CONTAINER_META, OWNER_META, Rules};
 
 pub type ContainerId = String;
 pub type ServiceId = String;
@@ -155,6 +156,15 @@ enum Held {
 }
 
 impl Held {
+    /// The container it was registered for (its `registrator_container` Meta).
+    fn container(&self) -> Option<&str> {
+        match self {
+            Held::Ours(r) => r.meta.get(CONTAINER_META),
+            Held::Seen(s) => s.meta.get(CONTAINER_META),
+        }
+        .map(String::as_str)
+    }
+
     fn satisfies(&self, reg: &Registration) -> bool {
         match self {
             Held::Ours(r) => r == reg,
@@ -275,6 +285,34 @@ impl Default for Timing {
     }
 }
 
+/// What the report tells of a container registrator looked at.
+#[derive(Clone, Debug)]
+struct Seen {
+    name: String,
+    image: String,
+    running: bool,
+    /// What the rules skipped at the last look, and why
+    /// ([`service::Desired::skipped`]).
+    skipped: Vec<String>,
+    /// How it stopped (or was asked to), once it did.
+    stop: Option<Stopped>,
+}
+
+/// How a container registrator saw running stopped.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Stopped {
+    /// The stop signal Docker was asked to send it.
+    signal: Option<String>,
+    /// Its exit code, from the `die` event.
+    exit_code: Option<String>,
+    /// `seq` when it stopped running; `None` while it still runs.
+    at: Option<u64>,
+}
+
+/// Containers that stopped are remembered (for the report) until removed,
+/// at most this many (the latest to stop).
+const STOPPED_KEPT: usize = 100;
+
 /// Everything registrator knows and wants.
 #[derive(Debug)]
 pub struct State {
@@ -299,6 +337,8 @@ pub struct State {
     /// Why the last look at each container could not register all it asked
     /// for, and what it changed (problems, then warnings).
     problems: HashMap<ContainerId, (Vec<String>, Vec<String>)>,
+    /// Every container looked at (running, or stopped since), for the report.
+    seen: HashMap<ContainerId, Seen>,
     /// What the agent holds under IDs that carry our owner mark.
     held: HashMap<ServiceId, Held>,
     refused: BTreeMap<ServiceId, Refusal>,
@@ -328,6 +368,7 @@ impl State {
             docker_seen: false,
             retained: BTreeSet::new(),
             problems: HashMap::new(),
+            seen: HashMap::new(),
             held: HashMap::new(),
             refused: BTreeMap::new(),
             consul: Link::Up { recent: None },
@@ -379,6 +420,11 @@ impl State {
                 // Out of the load balancer at once, while it drains; no
                 // inspect (Docker holds inspects while it stops a container).
                 self.stopping.insert(id.to_owned(), now);
+                if let Some(seen) = self.seen.get_mut(id) {
+                    // The first stop signal (`docker stop` follows with KILL when it times out).
+                    let stop = seen.stop.get_or_insert_with(Stopped::default);
+                    stop.signal = stop.signal.take().or_else(|| attributes.get("signal").cloned());
+                }
                 if !self.retained.contains(id) {
                     self.wanted.remove(id);
                 }
@@ -392,6 +438,7 @@ impl State {
                 if self.wanted.get(id).is_some_and(|w| !w.is_empty()) {
                     self.retain(id, attributes.get("exitCode").cloned().unwrap_or_default());
                 }
+                self.stopped(id, attributes.get("exitCode").cloned());
                 false
             }
             "die" => {
@@ -402,6 +449,7 @@ impl State {
                 if !self.retained.contains(id) {
                     self.wanted.remove(id);
                 }
+                self.stopped(id, attributes.get("exitCode").cloned());
                 false
             }
             "destroy" => {
@@ -410,6 +458,7 @@ impl State {
                 self.wanted.remove(id);
                 self.problems.remove(id);
                 self.stop_signals.remove(id);
+                self.seen.remove(id);
                 false
             }
             "stop" | "pause" | "rename" | "health_status" | "connect" | "disconnect" => {
@@ -441,15 +490,47 @@ impl State {
             self.wanted.remove(id);
             self.problems.remove(id);
             self.stop_signals.remove(id);
+            self.seen.remove(id);
             return;
         }
         if self.stopping.contains_key(id) || self.retained.contains(id) {
             return;
         }
         match container {
-            Some(c) if self.keeps_crashed(c) => self.retain(id, c.exit_code.unwrap_or_default().to_string()),
+            Some(c) if self.keeps_crashed(c) => {
+                self.retain(id, c.exit_code.unwrap_or_default().to_string());
+                self.stopped(id, c.exit_code.map(|code| code.to_string()));
+            }
             Some(c) => self.want(c),
             None => {}
+        }
+    }
+
+    /// Remembers that a container stopped running (for the report), with
+    /// its exit code when known; forgets the oldest of those stopped beyond
+    /// [`STOPPED_KEPT`].
+    fn stopped(&mut self, id: &str, exit_code: Option<String>) {
+        let seq = self.seq;
+        let Some(seen) = self.seen.get_mut(id) else { return };
+        seen.running = false;
+        // What the rules skipped while it ran no longer matters.
+        seen.skipped.clear();
+        let stop = seen.stop.get_or_insert_with(Stopped::default);
+        stop.at = stop.at.or(Some(seq));
+        if exit_code.is_some() {
+            stop.exit_code = exit_code;
+        }
+        let mut stopped: Vec<(u64, &ContainerId)> = (self.seen.iter())
+            .filter(|(id, _)| !self.retained.contains(*id))
+            .filter_map(|(id, s)| s.stop.as_ref().and_then(|stop| stop.at).filter(|_| !s.running).map(|at| (at, id)))
+            .collect();
+        if stopped.len() > STOPPED_KEPT {
+            stopped.sort();
+            let forget: Vec<ContainerId> =
+                stopped[..stopped.len() - STOPPED_KEPT].iter().map(|(_, id)| (*id).clone()).collect();
+            for id in forget {
+                self.seen.remove(&id);
+            }
         }
     }
 
@@ -479,6 +560,13 @@ impl State {
             running.contains(id.as_str()) || self.retained.contains(id) || look.contains(id) || stale(id)
         });
         self.problems.retain(|id, _| running.contains(id.as_str()) || stale(id));
+        let gone: Vec<ContainerId> = (self.seen.iter())
+            .filter(|(id, seen)| seen.running && !running.contains(id.as_str()) && !stale(id))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in gone {
+            self.stopped(&id, None);
+        }
         // A container asked to stop that is gone from the list has stopped;
         // one still running long after was not stopping after all (a
         // thread dump on SIGQUIT, a TERM its process ignores).
@@ -518,6 +606,17 @@ impl State {
             None => self.stop_signals.remove(&c.id),
         };
         let d = service::desired(c, &self.rules);
+        let stop = self.seen.remove(&c.id).and_then(|s| s.stop).filter(|_| !c.running);
+        let seen = Seen { name: c.name.clone(), image: c.image.clone(), running: true, skipped: Vec::new(), stop };
+        self.seen.insert(c.id.clone(), seen);
+        if !c.running {
+            // Docker shows exit code 0 for a container that never exited (paused).
+            let exited = matches!(c.status.as_str(), "exited" | "dead");
+            self.stopped(&c.id, c.exit_code.filter(|_| exited).map(|code| code.to_string()));
+        }
+        if let Some(seen) = self.seen.get_mut(&c.id) {
+            seen.skipped = d.skipped;
+        }
         let now = (d.problems, d.warnings);
         let before = self.problems.get(&c.id).cloned().unwrap_or_default();
         if before != now {
@@ -776,6 +875,173 @@ impl State {
         }
         self.refused.values().find(|r| r.forbidden).map(|r| format!("Consul refuses the ACL token: {}", r.reason))
     }
+
+    /// What registrator did with each container it looked at, and why
+    /// (`/containers`, `registrator explain`): the services each asks for,
+    /// where each stands with Consul, and in plain words why nothing (or
+    /// less than asked for) is registered. `now` dates the retries.
+    pub fn report(&self, now: Instant) -> Report {
+        // The container whose registration each service ID gets: the lowest
+        // container ID among those asking for it, as in `needed`.
+        let mut owners: BTreeMap<&str, &ContainerId> = BTreeMap::new();
+        for (cid, regs) in &self.wanted {
+            for reg in regs {
+                let owner = owners.entry(reg.id.as_str()).or_insert(cid);
+                if cid < *owner {
+                    *owner = cid;
+                }
+            }
+        }
+        let mut containers: Vec<ContainerReport> = (self.seen.iter())
+            .map(|(id, seen)| ContainerReport {
+                id: id.clone(),
+                short_id: id.chars().take(12).collect(),
+                name: seen.name.clone(),
+                image: seen.image.clone(),
+                running: seen.running,
+                services: self.services_of(id, &owners, now),
+                reasons: self.reasons_of(id, seen),
+            })
+            .collect();
+        containers.sort_by(|a, b| (&a.name, &a.id).cmp(&(&b.name, &b.id)));
+        Report { complete: self.docker_seen, unhealthy: self.unhealthy(), containers }
+    }
+
+    /// The services container `id` asks for, then those Consul still holds
+    /// for it that it no longer asks for, each with its status.
+    fn services_of(&self, id: &str, owners: &BTreeMap<&str, &ContainerId>, now: Instant) -> Vec<ServiceReport> {
+        let mut out: Vec<ServiceReport> = (self.wanted.get(id).into_iter().flatten())
+            .map(|reg| {
+                let (status, reason) = match owners.get(reg.id.as_str()) {
+                    Some(owner) if owner.as_str() != id => {
+                        let name = self.seen.get(*owner).map_or(owner.as_str(), |s| s.name.as_str());
+                        (
+                            Status::Duplicate,
+                            Some(format!(
+                                "container {name} asks for the same service ID, and its registration is the one \
+                                 registered (the lowest container ID wins); set another SERVICE_ID"
+                            )),
+                        )
+                    }
+                    _ => self.status_of(reg, now),
+                };
+                let (id, name, address, port, tags) =
+                    (reg.id.clone(), reg.name.clone(), reg.address.clone(), reg.port, reg.tags.clone());
+                ServiceReport { id, name, address, port, tags, status, reason }
+            })
+            .collect();
+        let mut leaving: Vec<(&ServiceId, &Held)> = (self.held.iter())
+            .filter(|(sid, held)| held.container() == Some(id) && !owners.contains_key(sid.as_str()))
+            .collect();
+        leaving.sort_by(|a, b| a.0.cmp(b.0));
+        for (sid, held) in leaving {
+            let (status, reason) = match self.refused.get(sid) {
+                Some(r) if matches!(r.op, Op::Deregister { .. }) => (Status::Refused, Some(refusal(r, now))),
+                _ => (Status::Leaving, Some("the container no longer asks for it".to_owned())),
+            };
+            let (name, address, port, tags) = match held {
+                Held::Ours(r) => (r.name.clone(), r.address.clone(), r.port, r.tags.clone()),
+                Held::Seen(s) => (s.service.clone(), s.address.clone(), s.port, s.tags.clone()),
+            };
+            out.push(ServiceReport { id: sid.clone(), name, address, port, tags, status, reason });
+        }
+        out
+    }
+
+    /// Where a wanted registration stands with Consul, and what to say of it.
+    fn status_of(&self, reg: &Registration, now: Instant) -> (Status, Option<String>) {
+        let held = self.held.get(&reg.id);
+        let refused = self.refused.get(&reg.id);
+        match refused {
+            Some(r) if r.op == Op::Register(reg.clone()) => return (Status::Refused, Some(refusal(r, now))),
+            Some(r) if r.op == Op::Refresh(reg.clone()) => {
+                let why = format!("but its Docker-health check could not be set: {}", refusal(r, now));
+                return (Status::Registered, Some(why));
+            }
+            _ => {}
+        }
+        if let Some(why) = self.consul.reason() {
+            return match held {
+                Some(h) if h.satisfies(reg) => (
+                    Status::Registered,
+                    Some(format!("at the last look; the Consul agent does not answer now ({why})")),
+                ),
+                _ => (
+                    Status::Waiting,
+                    Some(format!("the Consul agent does not answer ({why}): registered once it does")),
+                ),
+            };
+        }
+        if !self.consul_seen || !self.docker_seen {
+            let why = "registrator has not looked at the Consul agent and every container yet";
+            return (Status::Pending, Some(why.to_owned()));
+        }
+        match held {
+            Some(h) if h.satisfies(reg) => (Status::Registered, None),
+            Some(Held::Seen(_)) => (
+                Status::Registered,
+                Some("as an earlier run of registrator left it; registered again to make it this run's".to_owned()),
+            ),
+            Some(Held::Ours(_)) => (Status::Pending, Some("changed: to be registered again".to_owned())),
+            None => (Status::Pending, Some("to be registered".to_owned())),
+        }
+    }
+
+    /// Why container `id` registers nothing or less than it asks for, in
+    /// plain words: how it stopped, what the rules skipped or refused, and
+    /// what they changed.
+    fn reasons_of(&self, id: &str, seen: &Seen) -> Vec<String> {
+        let mut out = Vec::new();
+        let stop = seen.stop.as_ref();
+        let code = stop.and_then(|s| s.exit_code.as_deref());
+        let signal = stop.and_then(|s| s.signal.as_deref());
+        if self.retained.contains(id) {
+            out.push(format!(
+                "the container crashed (exit code {}): its services stay registered, their checks failing, \
+                 until it is removed or restarted (-deregister on-success)",
+                code.unwrap_or("unknown")
+            ));
+        } else if !seen.running {
+            let exit = code.map(|c| format!(", exit code {c}")).unwrap_or_default();
+            match (signal, code) {
+                (Some(signal), _) => out.push(format!(
+                    "the container was stopped (signal {signal}{exit}): only running containers are registered \
+                     (any services it had left Consul as soon as it was asked to stop)"
+                )),
+                (None, Some(code)) => out.push(format!(
+                    "the container exited (code {code}): only running containers are registered \
+                     (any services it had were deregistered)"
+                )),
+                (None, None) if seen.skipped.is_empty() => out.push(
+                    "the container is no longer running: only running containers are registered \
+                     (any services it had were deregistered)"
+                        .to_owned(),
+                ),
+                (None, None) => {}
+            }
+        } else if let Some(signal) = signal {
+            out.push(format!(
+                "Docker was asked to stop the container (signal {signal}): its services left Consul at once, \
+                 and come back if it keeps running or starts again"
+            ));
+        }
+        out.extend(seen.skipped.iter().cloned());
+        if seen.running {
+            if let Some((problems, warnings)) = self.problems.get(id) {
+                out.extend(problems.iter().cloned());
+                out.extend(warnings.iter().cloned());
+            }
+        }
+        out
+    }
+}
+
+/// A refusal in words: Consul's reason and when it is tried again.
+fn refusal(r: &Refusal, now: Instant) -> String {
+    let acl = if r.forbidden { " (the ACL token is missing or lacks permission)" } else { "" };
+    let wait = r.retry_at.saturating_duration_since(now);
+    let when = if wait.is_zero() { "now".to_owned() } else { format!("in {} s", wait.as_secs().max(1)) };
+    format!("Consul refused it{acl}: {}; tried again {when}", r.reason)
 }
 
 fn op_name(op: &Op) -> String {
@@ -812,6 +1078,7 @@ mod tests {
     use super::*;
     use crate::service::CONTAINER_META;
 
+    use crate::container::NetworkAddress;
     use crate::testing::{NET, container};
 
     fn rules() -> Rules {
@@ -1254,5 +1521,229 @@ mod tests {
         apply_all(&mut s, now);
         assert!(s.plan(now, false).is_empty());
         assert!(matches!(&s.plan(now, true)[..], [Op::Refresh(r)] if r.id == "host1:a:80"));
+    }
+
+    /// The report's entry for container `id`.
+    fn entry(s: &State, id: &str) -> ContainerReport {
+        let report = s.report(Instant::now());
+        report.containers.into_iter().find(|c| c.id == id).unwrap_or_else(|| panic!("no {id} in the report"))
+    }
+
+    fn statuses(c: &ContainerReport) -> Vec<(&str, Status)> {
+        c.services.iter().map(|s| (s.id.as_str(), s.status)).collect()
+    }
+
+    #[test]
+    fn the_report_shows_what_is_registered_and_every_container_seen() {
+        let now = Instant::now();
+        let mut s = state();
+        assert!(!s.report(now).complete, "nothing looked at yet");
+        let mut unnamed = container("b", "x");
+        unnamed.env.clear();
+        let mut ignored = container("c", "x");
+        ignored.labels.insert("SERVICE_IGNORE".into(), "true".into());
+        s.on_snapshot(&[container("a", "hello"), unnamed, ignored], s.seq(), now);
+        let a = entry(&s, "a");
+        assert_eq!(statuses(&a), [("host1:a:80", Status::Pending)]);
+        assert!(a.services[0].reason.as_deref().is_some_and(|r| r.contains("not looked at the Consul agent")));
+        s.on_consul_services(&HashMap::new(), now);
+        assert_eq!(statuses(&entry(&s, "a")), [("host1:a:80", Status::Pending)]);
+        apply_all(&mut s, now);
+        let report = s.report(now);
+        assert!(report.complete && report.unhealthy.is_none());
+        assert_eq!(report.containers.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(), ["a", "b", "c"]);
+        let a = &report.containers[0];
+        assert_eq!((a.short_id.as_str(), a.image.as_str(), a.running), ("a", "hello", true));
+        let svc = &a.services[0];
+        assert_eq!((svc.name.as_str(), svc.address.as_str(), svc.port), ("hello", "172.20.0.5", 80));
+        assert_eq!((svc.status, svc.reason.as_deref()), (Status::Registered, None));
+        assert!(a.reasons.is_empty(), "{:?}", a.reasons);
+        // No SERVICE_NAME, SERVICE_IGNORE: nothing registered, and why.
+        assert!(report.containers[1].services.is_empty());
+        assert_eq!(report.containers[1].reasons, [service::NO_SERVICE_NAME]);
+        assert_eq!(report.containers[2].reasons, ["SERVICE_IGNORE=\"true\": the container asks not to be registered"]);
+    }
+
+    #[test]
+    fn the_report_gives_the_rules_refusals_and_changes() {
+        let now = Instant::now();
+        let mut unreachable = container("a", "hello/v1");
+        unreachable.networks = [("bridge".to_owned(), NetworkAddress::default())].into();
+        unreachable.networks.get_mut("bridge").unwrap().ipv4 = Some("172.17.0.2".parse().unwrap());
+        let mut renamed = container("b", "hello/v1");
+        renamed.ports.push(crate::container::Port { number: 443, udp: false });
+        renamed.env.insert("SERVICE_443_IGNORE".into(), "1".into());
+        let s = ready(now, &[unreachable, renamed]);
+        let a = entry(&s, "a");
+        assert!(a.services.is_empty());
+        assert!(a.reasons[0].starts_with("port 80: unreachable: not published"), "{:?}", a.reasons);
+        let b = entry(&s, "b");
+        assert_eq!(b.services.len(), 1);
+        assert_eq!(
+            b.reasons,
+            [
+                "port 443: SERVICE_443_IGNORE is set: this port asks not to be registered",
+                "port 80: service name \"hello/v1\" registered as \"hello-v1\" (DNS-safe)",
+            ]
+        );
+    }
+
+    #[test]
+    fn the_report_gives_consuls_reason_for_a_refusal_and_when_it_is_tried_again() {
+        let now = Instant::now();
+        let mut s = ready(now, &[container("a", "hello")]);
+        let ops = s.plan(now, false);
+        let refused = Outcome::Refused {
+            reason: "Unexpected response code: 400 (Scripts are disabled)".into(),
+            forbidden: false,
+        };
+        s.on_outcome(&ops[0], refused, now);
+        let svc = &s.report(now).containers[0].services[0];
+        assert_eq!(svc.status, Status::Refused);
+        let why = svc.reason.as_deref().unwrap_or_default();
+        assert!(
+            why.starts_with("Consul refused it: Unexpected response code: 400 (Scripts are disabled); tried again in "),
+            "{why}"
+        );
+        let due = s.next_retry().unwrap();
+        assert!(
+            s.report(due).containers[0].services[0].reason.as_deref().unwrap_or_default().ends_with("tried again now")
+        );
+        let acl = Outcome::Refused { reason: "403 (Permission denied)".into(), forbidden: true };
+        s.on_outcome(&ops[0], acl, now);
+        let report = s.report(now);
+        assert!(report.containers[0].services[0].reason.as_deref().unwrap_or_default().contains("ACL token"));
+        assert!(report.unhealthy.is_some_and(|u| u.contains("ACL")));
+    }
+
+    #[test]
+    fn the_report_says_when_the_agent_does_not_answer() {
+        let now = Instant::now();
+        let mut s = ready(now, &[container("a", "hello")]);
+        apply_all(&mut s, now);
+        s.on_inspected("b", Some(&container("b", "other")), s.seq());
+        s.on_consul_failed("connection refused".into(), now);
+        let report = s.report(now);
+        assert!(report.unhealthy.as_deref().is_some_and(|u| u.contains("connection refused")));
+        let a = &report.containers[0].services[0];
+        assert_eq!(a.status, Status::Registered, "as of the last look");
+        assert!(a.reason.as_deref().is_some_and(|r| r.contains("does not answer now")), "{a:?}");
+        let b = &report.containers[1].services[0];
+        assert_eq!(b.status, Status::Waiting);
+        assert!(b.reason.as_deref().is_some_and(|r| r.contains("registered once it does")), "{b:?}");
+    }
+
+    #[test]
+    fn the_report_names_the_container_a_duplicate_service_id_went_to() {
+        let now = Instant::now();
+        let claim = |id: &str| {
+            let mut c = container(id, "hello");
+            c.env.insert("SERVICE_ID".into(), "shared".into());
+            c
+        };
+        let mut s = ready(now, &[claim("x"), claim("y")]);
+        apply_all(&mut s, now);
+        assert_eq!(statuses(&entry(&s, "x")), [("shared", Status::Registered)]);
+        let y = entry(&s, "y");
+        assert_eq!(statuses(&y), [("shared", Status::Duplicate)]);
+        assert_eq!(
+            y.services[0].reason.as_deref(),
+            Some(
+                "container x asks for the same service ID, and its registration is the one registered (the lowest \
+                 container ID wins); set another SERVICE_ID"
+            )
+        );
+    }
+
+    #[test]
+    fn the_report_says_how_a_container_stopped() {
+        let now = Instant::now();
+        let mut s = ready(now, &[container("a", "hello"), container("b", "other"), container("c", "third")]);
+        apply_all(&mut s, now);
+        // docker stop: asked, its service leaves at once, then it exits.
+        let term = HashMap::from([("signal".to_owned(), "15".to_owned())]);
+        s.on_event("kill", "a", &term, now);
+        let a = entry(&s, "a");
+        assert!(a.running);
+        assert_eq!(statuses(&a), [("host1:a:80", Status::Leaving)]);
+        assert!(a.reasons[0].starts_with("Docker was asked to stop the container (signal 15)"), "{:?}", a.reasons);
+        apply_all(&mut s, now);
+        assert!(entry(&s, "a").services.is_empty(), "deregistered");
+        s.on_event("die", "a", &HashMap::from([("exitCode".to_owned(), "143".to_owned())]), now);
+        let a = entry(&s, "a");
+        assert!(!a.running);
+        assert_eq!(
+            a.reasons,
+            ["the container was stopped (signal 15, exit code 143): only running containers are registered (any \
+              services it had left Consul as soon as it was asked to stop)"]
+        );
+        // An exit of its own.
+        s.on_event("die", "b", &HashMap::from([("exitCode".to_owned(), "3".to_owned())]), now);
+        assert!(entry(&s, "b").reasons[0].starts_with("the container exited (code 3): only running containers"));
+        // Gone from a full look, its events missed.
+        s.on_snapshot(&[], s.seq(), now);
+        let c = entry(&s, "c");
+        assert!(!c.running);
+        assert!(c.reasons[0].starts_with("the container is no longer running"), "{:?}", c.reasons);
+        // Removed: no longer in the report.
+        s.on_event("destroy", "a", &HashMap::new(), now);
+        s.on_inspected("b", None, s.seq());
+        let names: Vec<String> = s.report(now).containers.into_iter().map(|c| c.name).collect();
+        assert_eq!(names, ["c"]);
+    }
+
+    #[test]
+    fn the_report_says_a_paused_container_is_not_running() {
+        let now = Instant::now();
+        let mut s = ready(now, &[container("a", "hello")]);
+        apply_all(&mut s, now);
+        let paused =
+            Container { running: false, status: "paused".into(), exit_code: Some(0), ..container("a", "hello") };
+        assert!(s.on_event("pause", "a", &HashMap::new(), now));
+        s.on_inspected("a", Some(&paused), s.seq());
+        let a = entry(&s, "a");
+        assert_eq!(a.reasons, ["the container is not running (paused): only running containers are registered"]);
+        assert_eq!(statuses(&a), [("host1:a:80", Status::Leaving)]);
+    }
+
+    #[test]
+    fn the_report_says_a_crashed_container_keeps_its_services_under_on_success() {
+        let now = Instant::now();
+        let mut s = State::new(rules(), Deregister::OnSuccess, Timing::default());
+        s.on_snapshot(&[container("a", "hello")], s.seq(), now);
+        s.on_consul_services(&HashMap::new(), now);
+        apply_all(&mut s, now);
+        s.on_event("die", "a", &HashMap::from([("exitCode".to_owned(), "3".to_owned())]), now);
+        let a = entry(&s, "a");
+        assert!(!a.running);
+        assert_eq!(statuses(&a), [("host1:a:80", Status::Registered)]);
+        assert!(a.reasons[0].starts_with("the container crashed (exit code 3): its services stay registered"));
+    }
+
+    #[test]
+    fn the_report_remembers_a_bounded_number_of_stopped_containers() {
+        let now = Instant::now();
+        let all: Vec<Container> = (0..STOPPED_KEPT + 10).map(|i| container(&format!("c{i:04}"), "x")).collect();
+        let mut s = ready(now, &all);
+        for c in &all {
+            s.on_event("die", &c.id, &HashMap::new(), now);
+        }
+        let report = s.report(now);
+        assert_eq!(report.containers.len(), STOPPED_KEPT);
+        assert_eq!(report.containers[0].name, "c0010", "the latest to stop are kept");
+    }
+
+    #[test]
+    fn the_report_shows_what_an_earlier_run_left_as_registered() {
+        let now = Instant::now();
+        let a = container("a", "hello");
+        let reg = service::desired(&a, &rules()).services.remove(0);
+        let current: HashMap<_, _> = [(reg.id.clone(), agent_service(&reg))].into();
+        let mut s = state();
+        s.on_snapshot(&[a], s.seq(), now);
+        s.on_consul_services(&current, now);
+        let svc = &entry(&s, "a").services[0];
+        assert_eq!(svc.status, Status::Registered);
+        assert!(svc.reason.as_deref().is_some_and(|r| r.contains("earlier run")), "{svc:?}");
     }
 }
