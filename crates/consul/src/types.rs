@@ -153,6 +153,9 @@ pub struct EntryCheck {
     pub status: HealthStatus,
     #[serde(rename = "ServiceID", default)]
     pub service_id: String,
+    /// What the check last said (an HTTP check's status line, a script's output).
+    #[serde(default)]
+    pub output: String,
 }
 
 /// `GET /v1/catalog/node/:node`: a node and the services registered on it.
@@ -165,14 +168,27 @@ pub struct NodeServices {
 }
 
 /// A check's state, ordered from best to worst.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Deserialize, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum HealthStatus {
+    #[default]
     Passing,
     Warning,
     Critical,
     #[serde(other)]
     Unknown,
+}
+
+impl HealthStatus {
+    /// The status as Consul writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HealthStatus::Passing => "passing",
+            HealthStatus::Warning => "warning",
+            HealthStatus::Critical => "critical",
+            HealthStatus::Unknown => "unknown",
+        }
+    }
 }
 
 impl ServiceEntry {

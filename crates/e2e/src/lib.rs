@@ -25,6 +25,10 @@ pub struct Stack {
     pub stats_port: u16,
     pub consul_port: u16,
     pub dns_port: u16,
+    /// haproxy-sync's admin port (`/routes`, `/metrics`), on loopback.
+    pub admin_port: u16,
+    /// registrator's admin port (`/containers`, `/metrics`), on loopback.
+    pub registrator_admin_port: u16,
     /// The stack's TLS certificate directory (`CERTS_DIR`), its own.
     pub certs_dir: PathBuf,
     /// Compose files laid over the stack's own (`-f`, in order).
@@ -115,6 +119,8 @@ impl Stack {
             stats_port: stable_port(),
             consul_port: stable_port(),
             dns_port: stable_port(),
+            admin_port: stable_port(),
+            registrator_admin_port: stable_port(),
             overrides: Vec::new(),
             http: client(),
         }
@@ -156,7 +162,9 @@ impl Stack {
             .env("CERTS_DIR", &self.certs_dir)
             .env("STATS_PORT", self.stats_port.to_string())
             .env("CONSUL_PORT", self.consul_port.to_string())
-            .env("CONSUL_DNS_PORT", self.dns_port.to_string());
+            .env("CONSUL_DNS_PORT", self.dns_port.to_string())
+            .env("ADMIN_PORT", self.admin_port.to_string())
+            .env("REGISTRATOR_ADMIN_PORT", self.registrator_admin_port.to_string());
         cmd
     }
 
@@ -432,6 +440,33 @@ fn docker_lines(args: &[&str]) -> Vec<String> {
 
 /// Everything of the stack goes, however the test ends: a panic unwinds
 /// through here as a return does.
+/// A container started beside a stack, removed however the test ends.
+pub struct Seed(pub String);
+
+impl Drop for Seed {
+    fn drop(&mut self) {
+        let _ = Command::new("docker").args(["rm", "-f", &self.0]).output();
+    }
+}
+
+impl Stack {
+    /// Runs the demo image as `<project>-<name>` (its host name too) on the
+    /// stack's network with the environment `env`, as a user's `docker run`
+    /// beside the stack would.
+    pub fn run_beside(&self, name: &str, env: &[&str]) -> Seed {
+        let name = format!("{}-{name}", self.project);
+        let mut args: Vec<String> =
+            ["run", "-d", "--name", &name, "-h", &name, "--network", &self.network()].map(str::to_owned).to_vec();
+        for e in env {
+            args.extend(["-e".to_owned(), (*e).to_owned()]);
+        }
+        args.push(image("hello"));
+        let out = Command::new("docker").args(&args).output().expect("docker run");
+        assert!(out.status.success(), "docker run {name}: {}", String::from_utf8_lossy(&out.stderr));
+        Seed(name)
+    }
+}
+
 impl Drop for Stack {
     fn drop(&mut self) {
         if std::thread::panicking() {

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use e2e::{Answer, Stack};
+use e2e::{Answer, Seed, Stack};
 use testkit::eventually;
 
 #[tokio::test]
@@ -85,15 +85,6 @@ async fn scaled_instances_are_routed_and_resolvable() {
     })
     .await;
     eprintln!("docker run -p :80 beside the stack routed at /hello1 {:?} after docker run returned", since.elapsed());
-}
-
-/// A container started beside the stack, removed however the test ends.
-struct Seed(String);
-
-impl Drop for Seed {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("docker").args(["rm", "-f", &self.0]).output();
-    }
 }
 
 /// The stack's access log and a TCP service: a request with an ID is

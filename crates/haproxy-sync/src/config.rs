@@ -28,6 +28,12 @@ pub struct Args {
     /// HAProxy's runtime API socket.
     #[arg(long, default_value = "/var/run/haproxy-sync/admin.sock")]
     pub runtime_socket: PathBuf,
+    /// registrator's admin address as a browser reaches it (e.g.
+    /// `http://localhost:9091`, or `http://{node}:9091` with a registrator
+    /// on each host, `{node}` being the instance's Consul node): the routes
+    /// page links each instance to what registrator says of its container.
+    #[arg(long, env = "HAPROXY_SYNC_REGISTRATOR_URL", value_name = "URL")]
+    pub registrator_url: Option<String>,
     /// Services carrying this tag are routed.
     #[arg(long, env = "HAPROXY_SYNC_TAG", default_value = "rest")]
     pub tag: String,
@@ -125,6 +131,28 @@ impl Args {
     }
 }
 
+/// `haproxy-sync explain NAME`: prints what the haproxy-sync running on
+/// this host says of one service (its route, its instances, or why not).
+#[derive(Debug, Parser)]
+#[command(name = "haproxy-sync explain")]
+pub struct Explain {
+    /// The service, as Consul names it.
+    pub service: String,
+    /// The admin address of the running haproxy-sync (an unspecified
+    /// address means this host's loopback).
+    #[arg(long, env = "METRICS_ADDR", default_value = "0.0.0.0:9090")]
+    pub metrics_addr: std::net::SocketAddr,
+}
+
+impl Explain {
+    /// The `explain` arguments, when the command line starts with `explain`.
+    pub fn from_args(argv: &[String]) -> Option<Explain> {
+        (argv.get(1).map(String::as_str) == Some("explain")).then(|| {
+            Explain::parse_from(std::iter::once("haproxy-sync explain".to_owned()).chain(argv[2..].iter().cloned()))
+        })
+    }
+}
+
 /// How changes reach a running HAProxy.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum ApplyMode {
@@ -174,6 +202,16 @@ mod tests {
         let err = parse(&["--stats-password-file", "/nonexistent/secret"]).stats_credentials().unwrap_err();
         assert!(err.to_string().contains("/nonexistent/secret"), "{err}");
         let _ = std::fs::remove_file(file);
+    }
+
+    #[test]
+    fn explain_is_a_command_of_its_own_and_an_address_is_still_a_consul_address() {
+        let argv = |a: &[&str]| a.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        let e = Explain::from_args(&argv(&["haproxy-sync", "explain", "hello", "--metrics-addr", "127.0.0.1:9999"]));
+        let e = e.unwrap();
+        assert_eq!((e.service.as_str(), e.metrics_addr.port()), ("hello", 9999));
+        assert!(Explain::from_args(&argv(&["haproxy-sync", "consul://consul:8500"])).is_none());
+        assert!(Explain::from_args(&argv(&["haproxy-sync"])).is_none());
     }
 
     #[test]

@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 use consul::{EntryCheck, HealthStatus, NodeServices, ServiceEntry};
 
-use crate::model::Instance;
+use crate::model::{Check, Instance};
 
 /// One instance as read from Consul.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -40,6 +40,8 @@ pub struct Held {
     /// The worst of its own and its node's checks, read with it or just
     /// after it.
     pub checks: HealthStatus,
+    /// Those of them that are not passing.
+    pub failing: Vec<Check>,
 }
 
 impl Held {
@@ -55,6 +57,7 @@ impl Held {
             modify_index: e.service.modify_index,
             seen_at: index,
             checks: e.status(),
+            failing: e.checks.iter().filter(|c| c.status != HealthStatus::Passing).map(Check::from_entry).collect(),
         }
     }
 
@@ -82,30 +85,33 @@ impl Service {
 #[derive(Debug, Default)]
 struct Unhealthy {
     index: u64,
-    /// The worst node-level check of each node listed.
-    nodes: HashMap<String, HealthStatus>,
-    /// The worst check of each service instance listed, by node and ID.
-    instances: HashMap<String, HashMap<String, HealthStatus>>,
+    /// The node-level checks of each node listed.
+    nodes: HashMap<String, Vec<Check>>,
+    /// The checks of each service instance listed, by node and ID.
+    instances: HashMap<String, HashMap<String, Vec<Check>>>,
 }
 
 impl Unhealthy {
     fn new(index: u64, checks: &[EntryCheck]) -> Self {
         let mut u = Unhealthy { index, ..Unhealthy::default() };
         for c in checks.iter().filter(|c| c.status != HealthStatus::Passing) {
-            let worst = if c.service_id.is_empty() {
-                u.nodes.entry(c.node.clone()).or_insert(c.status)
+            let list = if c.service_id.is_empty() {
+                u.nodes.entry(c.node.clone()).or_default()
             } else {
-                u.instances.entry(c.node.clone()).or_default().entry(c.service_id.clone()).or_insert(c.status)
+                u.instances.entry(c.node.clone()).or_default().entry(c.service_id.clone()).or_default()
             };
-            *worst = (*worst).max(c.status);
+            list.push(Check::from_entry(c));
         }
         u
     }
 
-    fn of(&self, node: &str, id: &str) -> HealthStatus {
-        let of_node = self.nodes.get(node).copied().unwrap_or(HealthStatus::Passing);
-        let own = self.instances.get(node).and_then(|i| i.get(id)).copied().unwrap_or(HealthStatus::Passing);
-        of_node.max(own)
+    /// The worst status of an instance's checks and its node's, and those
+    /// that are not passing.
+    fn of(&self, node: &str, id: &str) -> (HealthStatus, Vec<Check>) {
+        let of_node = self.nodes.get(node).into_iter().flatten();
+        let own = self.instances.get(node).and_then(|i| i.get(id)).into_iter().flatten();
+        let failing: Vec<Check> = of_node.chain(own).cloned().collect();
+        (failing.iter().map(|c| c.status).max().unwrap_or(HealthStatus::Passing), failing)
     }
 }
 
@@ -131,6 +137,7 @@ impl Sweep {
         let health = Unhealthy::new(index, unhealthy);
         let (name, address) = (&node.node.node, &node.node.address);
         for s in node.services.values() {
+            let (checks, failing) = health.of(name, &s.id);
             self.services.entry(s.service.clone()).or_default().push(Held {
                 node: name.clone(),
                 id: s.id.clone(),
@@ -140,7 +147,8 @@ impl Sweep {
                 meta: s.meta.clone(),
                 modify_index: s.modify_index,
                 seen_at: index,
-                checks: health.of(name, &s.id),
+                checks,
+                failing,
             });
         }
     }
@@ -152,6 +160,10 @@ pub struct Known {
     tag: String,
     /// Routed services and their tags, from the service list; `None` until it answers.
     names: Option<BTreeMap<String, Vec<String>>>,
+    /// The services listed without the tag, and their tags.
+    others: Arc<BTreeMap<String, Vec<String>>>,
+    /// `others` changed since the last [`Known::catalog`].
+    others_dirty: bool,
     unhealthy: Unhealthy,
     services: BTreeMap<String, Service>,
     /// Services whose data must be read (a located change, or a retry).
@@ -172,6 +184,8 @@ impl Known {
         Known {
             tag: tag.to_owned(),
             names: None,
+            others: Arc::default(),
+            others_dirty: false,
             unhealthy: Unhealthy::default(),
             services: BTreeMap::new(),
             fetch: BTreeSet::new(),
@@ -188,8 +202,12 @@ impl Known {
     /// added to a service, an address changed), so a sweep follows; the
     /// first answer is read by that sweep alone.
     pub fn on_names(&mut self, all: &BTreeMap<String, Vec<String>>) {
-        let routed: BTreeMap<String, Vec<String>> =
-            all.iter().filter(|(_, tags)| tags.contains(&self.tag)).map(|(n, t)| (n.clone(), t.clone())).collect();
+        let (routed, others): (BTreeMap<String, Vec<String>>, BTreeMap<String, Vec<String>>) =
+            all.iter().map(|(n, t)| (n.clone(), t.clone())).partition(|(_, tags)| tags.contains(&self.tag));
+        if *self.others != others {
+            self.others = Arc::new(others);
+            self.others_dirty = true;
+        }
         if let Some(old) = self.names.take() {
             for (name, tags) in &routed {
                 if old.get(name) != Some(tags) {
@@ -306,20 +324,30 @@ impl Known {
     /// The health of one instance: from the health view when it was read
     /// at or after the instance (so it has seen the instance's checks),
     /// else from the checks read with the instance.
-    fn status(&self, inst: &Held) -> HealthStatus {
+    fn status(&self, inst: &Held) -> (HealthStatus, Vec<Check>) {
         let view = &self.unhealthy;
-        if view.index > 0 && view.index >= inst.seen_at { view.of(&inst.node, &inst.id) } else { inst.checks }
+        if view.index > 0 && view.index >= inst.seen_at {
+            view.of(&inst.node, &inst.id)
+        } else {
+            (inst.checks, inst.failing.clone())
+        }
+    }
+
+    /// The services Consul lists without the tag, with their tags.
+    pub fn others(&self) -> Arc<BTreeMap<String, Vec<String>>> {
+        self.others.clone()
     }
 
     /// Whether [`Known::catalog`] may differ from the last one.
     pub fn changed(&self) -> bool {
-        self.health_dirty || !self.dirty.is_empty()
+        self.health_dirty || self.others_dirty || !self.dirty.is_empty()
     }
 
     /// The routed services with what is known of them. A service not read
     /// yet is left out (so it is not routed), without holding the others
     /// back; an unchanged service keeps its `Arc`.
     pub fn catalog(&mut self) -> BTreeMap<String, Arc<Vec<Instance>>> {
+        self.others_dirty = false;
         let dirty: Vec<String> = if std::mem::take(&mut self.health_dirty) {
             self.dirty.clear();
             self.services.keys().chain(self.published.keys()).cloned().collect()
@@ -335,10 +363,13 @@ impl Known {
             let same = old.is_some_and(|old| {
                 old.len() == service.instances.len()
                     && old.iter().zip(&service.instances).all(|(o, i)| {
+                        let (status, failing) = self.status(i);
                         o.id == i.id
+                            && o.node == i.node
                             && o.address == i.address
                             && o.port == i.port
-                            && o.status == self.status(i)
+                            && o.status == status
+                            && o.failing == failing
                             && o.tags == i.tags
                             && o.meta == i.meta
                     })
@@ -347,13 +378,18 @@ impl Known {
                 let instances = service
                     .instances
                     .iter()
-                    .map(|i| Instance {
-                        id: i.id.clone(),
-                        address: i.address.clone(),
-                        port: i.port,
-                        status: self.status(i),
-                        tags: i.tags.clone(),
-                        meta: i.meta.clone(),
+                    .map(|i| {
+                        let (status, failing) = self.status(i);
+                        Instance {
+                            id: i.id.clone(),
+                            node: i.node.clone(),
+                            address: i.address.clone(),
+                            port: i.port,
+                            status,
+                            failing,
+                            tags: i.tags.clone(),
+                            meta: i.meta.clone(),
+                        }
                     })
                     .collect();
                 self.published.insert(name, Arc::new(instances));
@@ -398,7 +434,13 @@ mod tests {
     }
 
     fn check(node: &str, check: &str, service: &str, status: HealthStatus) -> EntryCheck {
-        EntryCheck { node: node.into(), check_id: check.into(), status, service_id: service.into() }
+        EntryCheck {
+            node: node.into(),
+            check_id: check.into(),
+            status,
+            service_id: service.into(),
+            output: String::new(),
+        }
     }
 
     fn node(name: &str, services: &[(&str, &str, &str, u64)]) -> NodeServices {

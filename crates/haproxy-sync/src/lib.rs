@@ -12,6 +12,7 @@
 //! - [`slots`]: instances laid out on server slots; runtime API commands.
 //! - [`sync`]: quiescence, and the apply: runtime API or check, atomic write
 //!   and reload, as pure functions decide.
+//! - [`routes`]: the routes page: every service, its route or why none.
 //! - [`tls`]: TLS certificates checked and applied through the runtime API.
 //! - [`metrics`]: what `/metrics` reports.
 //! - [`keeper`]: haproxy-keeper's part: haproxy-sync kept running beside HAProxy.
@@ -28,6 +29,7 @@ pub mod known;
 pub mod metrics;
 pub mod model;
 pub mod render;
+pub mod routes;
 pub mod slots;
 pub mod sync;
 pub mod tls;
@@ -96,8 +98,10 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
             .as_ref()
             .map(|t| model::Https { port: args.https_port, crt_list: t.crt_list().display().to_string() }),
     };
+    let runtime = args.command.is_none().then(|| args.runtime_socket.clone());
+    let board = routes::Board::new(runtime, &args.tag, args.registrator_url.clone());
     let metrics = Metrics::default();
-    let mut applier = Applier::new(haproxy.clone(), renderer, opts, metrics.clone());
+    let mut applier = Applier::new(haproxy.clone(), renderer, opts, metrics.clone()).with_board(board.clone());
     let mut tls = tls_opts.map(|o| tls::Tls::new(o, haproxy.clone(), metrics.clone()));
 
     let (tx, mut rx) = channel::channel(None);
@@ -124,7 +128,7 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
                 if metrics.consul_up.get() == 1 { Ok(String::new()) } else { Err("Consul does not answer".to_owned()) }
             }) as ops::admin::HealthCheck
         };
-        ops::admin::serve(listener, Arc::new(registry), health, axum::Router::new(), shutdown.clone());
+        ops::admin::serve(listener, Arc::new(registry), health, routes::router(board), shutdown.clone());
     }
 
     // The certificates and crt-list the configuration names are there
@@ -150,6 +154,7 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
         Some(catalog) => {
             let plan = applier.plan(&catalog)?;
             applier.apply(plan, running).await.context("first configuration")?;
+            applier.tell_board(Ok(Some("first configuration")));
         }
         None if applier.adopt_existing(running).await => {
             info!("Consul has not answered yet; starting with the configuration on disk")

@@ -16,6 +16,9 @@ use serde::Serialize;
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Catalog {
     pub services: BTreeMap<String, Arc<Vec<Instance>>>,
+    /// The services Consul lists without the routing tag, with their tags
+    /// (shown on the routes page, never routed).
+    pub others: Arc<BTreeMap<String, Vec<String>>>,
 }
 
 /// The routing rules' result for each service, reused while its instances
@@ -30,14 +33,38 @@ pub struct Cache {
 type CacheEntry = (Arc<Vec<Instance>>, Result<Arc<Service>, String>);
 
 /// One instance of a service, as Consul's health endpoint reports it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Instance {
     pub id: String,
+    /// The Consul node it is registered on.
+    pub node: String,
     pub address: String,
     pub port: u16,
+    /// The worst of its own checks and its node's.
     pub status: HealthStatus,
+    /// Those checks that are not passing, to say why it is not routed.
+    pub failing: Vec<Check>,
     pub tags: Vec<String>,
     pub meta: BTreeMap<String, String>,
+}
+
+/// A check that is not passing: the instance's own, or its node's.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Check {
+    pub id: String,
+    pub status: HealthStatus,
+    /// A check of the node (`serfHealth`, `_node_maintenance`), not of the service.
+    pub of_node: bool,
+    /// What the check last said, at most 200 characters.
+    pub output: String,
+}
+
+impl Check {
+    /// A check from Consul's answer.
+    pub fn from_entry(c: &consul::EntryCheck) -> Check {
+        let output: String = c.output.trim().chars().take(200).collect();
+        Check { id: c.check_id.clone(), status: c.status, of_node: c.service_id.is_empty(), output }
+    }
 }
 
 /// Meta keys (on any instance of a service) that shape its route.
@@ -183,6 +210,31 @@ pub fn routable(status: HealthStatus) -> bool {
     matches!(status, HealthStatus::Passing | HealthStatus::Warning)
 }
 
+/// Why an instance gets no server in its service's backend, in plain
+/// words; `None` when it gets one. The rule [`services`] applies.
+pub fn unrouted_instance(inst: &Instance) -> Option<String> {
+    if !routable(inst.status) {
+        let worst = inst.failing.iter().filter(|c| !routable(c.status)).max_by_key(|c| (c.of_node, c.status));
+        let said = |c: &Check| if c.output.is_empty() { String::new() } else { format!(": {}", c.output) };
+        return Some(match worst {
+            Some(c) if c.id == "_node_maintenance" => format!("its node {} is in maintenance", inst.node),
+            Some(c) if c.id.starts_with("_service_maintenance") => "it is in maintenance".to_owned(),
+            Some(c) if c.of_node => {
+                format!("its node {} is unhealthy: check {} is {}{}", inst.node, c.id, c.status.as_str(), said(c))
+            }
+            Some(c) => format!("its check {} is {}{}", c.id, c.status.as_str(), said(c)),
+            None => format!("its health is {}", inst.status.as_str()),
+        });
+    }
+    if inst.address.parse::<IpAddr>().is_err() {
+        return Some(format!("its address {:?} is not an IP address", inst.address));
+    }
+    if inst.port == 0 {
+        return Some("it has no port".to_owned());
+    }
+    None
+}
+
 /// Builds the routed services, longest path first so that more specific
 /// prefixes win. Services whose settings cannot be made safe are skipped
 /// with a reason; the others are unaffected.
@@ -230,8 +282,17 @@ pub fn services_cached(catalog: &Catalog, cache: &mut Cache) -> (Vec<Arc<Service
             Some(port) => ports.get(&port),
             None => routes.get(&route),
         };
-        if let Some(other) = backends.get(svc.backend.as_str()).or(taken) {
-            collides[i] = Some(other.to_string());
+        if let Some(other) = backends.get(svc.backend.as_str()) {
+            collides[i] = Some(format!(
+                "its backend name {} is taken by service {other:?} (the names differ only in characters HAProxy cannot use)",
+                svc.backend
+            ));
+        } else if let Some(other) = taken {
+            collides[i] = Some(match (svc.tcp_port, &svc.host) {
+                (Some(port), _) => format!("{} {port} is taken by service {other:?}", keys::PORT),
+                (None, Some(host)) => format!("its path {} on host {host} is taken by service {other:?}", svc.path),
+                (None, None) => format!("its path {} is taken by service {other:?}", svc.path),
+            });
         } else {
             backends.insert(&svc.backend, &svc.name);
             match svc.tcp_port {
@@ -241,12 +302,9 @@ pub fn services_cached(catalog: &Catalog, cache: &mut Cache) -> (Vec<Arc<Service
         }
     }
     let mut out = Vec::with_capacity(routed.len());
-    for ((raw_name, svc), other) in routed.iter().zip(collides) {
-        match other {
-            Some(other) => skipped.push(Skipped {
-                service: (*raw_name).to_owned(),
-                reason: format!("its route collides with service {other:?}"),
-            }),
+    for ((raw_name, svc), collision) in routed.iter().zip(collides) {
+        match collision {
+            Some(reason) => skipped.push(Skipped { service: (*raw_name).to_owned(), reason }),
             None => out.push(svc.clone()),
         }
     }
@@ -355,11 +413,8 @@ fn service(raw_name: &str, instances: &[Instance]) -> Result<Service, String> {
     let sticky = (http && sticky).then(|| format!("lb_{name}"));
 
     let mut servers: Vec<Server> = Vec::new();
-    for inst in sorted.iter().filter(|i| routable(i.status)) {
+    for inst in sorted.iter().filter(|i| unrouted_instance(i).is_none()) {
         let Ok(ip) = inst.address.parse::<IpAddr>() else { continue };
-        if inst.port == 0 {
-            continue;
-        }
         let weight =
             inst.meta.get(keys::WEIGHT).and_then(|w| w.trim().parse::<u16>().ok()).filter(|w| *w <= 256).unwrap_or(100);
         let mut server_name = identifier(&inst.id);
@@ -446,11 +501,15 @@ mod tests {
             status,
             tags: vec!["rest".into()],
             meta: meta.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            ..Default::default()
         }
     }
 
     fn catalog(entries: &[(&str, Vec<Instance>)]) -> Catalog {
-        Catalog { services: entries.iter().map(|(n, i)| (n.to_string(), Arc::new(i.clone()))).collect() }
+        Catalog {
+            services: entries.iter().map(|(n, i)| (n.to_string(), Arc::new(i.clone()))).collect(),
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -552,7 +611,7 @@ mod tests {
         let routed: Vec<_> = s.iter().map(|s| (s.name.as_str(), s.tcp_port)).collect();
         assert_eq!(routed, [("a", Some(6379)), ("c", Some(80)), ("g", None)]);
         let reasons: BTreeMap<_, _> = skipped.iter().map(|s| (s.service.as_str(), s.reason.as_str())).collect();
-        assert!(reasons["b"].contains("collides with service \"a\""), "{reasons:?}");
+        assert!(reasons["b"].contains("is taken by service \"a\""), "{reasons:?}");
         assert!(reasons["d"].contains("needs lb_port"), "{reasons:?}");
         assert!(reasons["e"].contains("\"99999\" is not a port"), "{reasons:?}");
         assert!(reasons["f"].contains("not http or tcp"), "{reasons:?}");

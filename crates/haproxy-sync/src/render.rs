@@ -98,8 +98,10 @@ mod tests {
             status: HealthStatus::Passing,
             tags: vec![],
             meta: Default::default(),
+            ..Default::default()
         };
-        let catalog = Catalog { services: [("hello".to_owned(), std::sync::Arc::new(vec![inst]))].into() };
+        let catalog =
+            Catalog { services: [("hello".to_owned(), std::sync::Arc::new(vec![inst]))].into(), ..Default::default() };
         let text = Renderer::default_template().render(&config(&catalog)).unwrap();
         for needle in [
             "acl path_be_hello path /hello\n",
@@ -124,6 +126,7 @@ mod tests {
             status: HealthStatus::Passing,
             tags: vec![],
             meta: meta.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+            ..Default::default()
         };
         let catalog = Catalog {
             services: [
@@ -136,6 +139,7 @@ mod tests {
             .into_iter()
             .map(|(n, i)| (n.to_owned(), std::sync::Arc::new(i)))
             .collect(),
+            ..Default::default()
         };
         let mut cfg = config(&catalog);
         cfg.access_log = true;

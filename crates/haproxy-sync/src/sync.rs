@@ -114,6 +114,8 @@ pub struct Applier {
     /// When the last apply reached HAProxy (runtime commands answered or
     /// reload confirmed), for latency figures.
     effective_at: Option<Instant>,
+    /// Where each plan's routes report goes (the admin endpoint's `/routes`).
+    board: Option<crate::routes::Board>,
 }
 
 impl Applier {
@@ -130,6 +132,20 @@ impl Applier {
             reload_pending: false,
             cache: model::Cache::default(),
             effective_at: None,
+            board: None,
+        }
+    }
+
+    /// Publishes each plan's routes report on `board`.
+    pub fn with_board(mut self, board: crate::routes::Board) -> Self {
+        self.board = Some(board);
+        self
+    }
+
+    /// Tells the routes page what an apply did (`Ok(None)`: nothing to do).
+    pub fn tell_board(&self, outcome: Result<Option<&str>, String>) {
+        if let Some(board) = &self.board {
+            board.applied(outcome);
         }
     }
 
@@ -141,13 +157,16 @@ impl Applier {
         skipped.extend(taken);
         let (services, unbindable) = self.bindable(services);
         skipped.extend(unbindable);
-        for s in skipped {
+        for s in &skipped {
             warn!(service = %s.service, reason = %s.reason, "service not routed");
         }
         for w in warnings {
             warn!(service = %w.service, warning = %w.reason, "setting refused; its default applies");
         }
         let (slots, services) = self.slots.layout(&services, self.opts.min_slots);
+        if let Some(board) = &self.board {
+            board.planned(catalog, &services, skipped);
+        }
         let skeleton = slots.skeleton().to_vec();
         Ok(Plan { services, skeleton, slots })
     }
@@ -606,7 +625,10 @@ pub async fn run(
         let plan_ms = started.elapsed().as_secs_f64() * 1e3;
         let running = *haproxy_ready.borrow();
         match applier.apply(planned, running).await {
-            Ok(Applied::Unchanged) => retry = false,
+            Ok(Applied::Unchanged) => {
+                retry = false;
+                applier.tell_board(Ok(None));
+            }
             // Written for an HAProxy that was not running, which started
             // meanwhile and may have read the file before: load it.
             Ok(Applied::Written) if !running && *haproxy_ready.borrow() => {
@@ -617,6 +639,11 @@ pub async fn run(
                 retry = false;
                 backoff.reset();
                 let latency = applier.observe(applied, started);
+                applier.tell_board(Ok(Some(match applied {
+                    Applied::Runtime => "instances changed through the runtime API",
+                    Applied::Reloaded => "reloaded",
+                    _ => "written",
+                })));
                 info!(
                     ?applied,
                     services = catalog.services.len(),
@@ -628,11 +655,13 @@ pub async fn run(
             }
             Err(ApplyError::Haproxy(e @ HaproxyError::Invalid(_))) => {
                 error!(error = %e, "HAProxy refused the new configuration; the one in force stays");
+                applier.tell_board(Err(format!("HAProxy refused the new configuration: {e}")));
                 retry = false;
             }
             Err(e) => {
                 let delay = backoff.next_delay();
                 warn!(error = %e, retry_in_ms = ops::millis(delay), "apply failed; retrying");
+                applier.tell_board(Err(format!("{e} (retrying)")));
                 tokio::select! { _ = shutdown.cancelled() => return, _ = tokio::time::sleep(delay) => {} }
                 retry = true;
             }

@@ -158,7 +158,7 @@ pub async fn run(
         // whatever is known is published as it comes.
         let complete = swept_once && !sweeping && reading.is_empty() && !known.fetch_pending();
         if (published || complete) && (known.changed() || !published) {
-            let catalog = Catalog { services: known.catalog() };
+            let catalog = Catalog { services: known.catalog(), others: known.others() };
             published = true;
             tx.send_if_modified(|current| {
                 if current.as_ref() == Some(&catalog) {

@@ -103,6 +103,7 @@ fn instance() -> impl Strategy<Value = Instance> {
                 status,
                 tags: tags.clone(),
                 meta,
+                ..Default::default()
             })
         },
     )
@@ -116,6 +117,7 @@ fn good() -> Instance {
         status: HealthStatus::Passing,
         tags: vec!["rest".into()],
         meta: BTreeMap::new(),
+        ..Default::default()
     }
 }
 
@@ -157,6 +159,7 @@ proptest! {
     ) {
         let mut catalog = Catalog {
             services: services.into_iter().map(|(name, list)| (name, Arc::new(list))).collect(),
+            ..Default::default()
         };
         catalog.services.insert("good".into(), Arc::new(vec![good()]));
         let dir = tempdir();

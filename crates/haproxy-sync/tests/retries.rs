@@ -140,21 +140,7 @@ impl Lb {
         let http = stable_port();
         let dir = std::env::temp_dir().join(unique_name("haproxy-sync-retries-"));
         std::fs::create_dir_all(&dir).unwrap();
-        let path = |name: &str| dir.join(name).display().to_string();
-        let mut argv = vec!["haproxy-sync".to_owned(), consul.url()];
-        for (flag, value) in [
-            ("--config", path("haproxy.cfg")),
-            ("--master-socket", path("master.sock")),
-            ("--runtime-socket", path("admin.sock")),
-            ("--bind", "127.0.0.1".to_owned()),
-            ("--http-port", http.to_string()),
-            ("--stats-port", stable_port().to_string()),
-            ("--wait", "10ms:100ms".to_owned()),
-            ("--grace", "1".to_owned()),
-            ("--metrics-addr", String::new()),
-        ] {
-            argv.extend([flag.to_owned(), value]);
-        }
+        let mut argv = common::argv(consul, &dir, http, &[]);
         // A template to try in place of the default one (the defaults of an
         // older release, say): RETRIES_TEMPLATE=FILE.
         if let Some(template) = std::env::var_os("RETRIES_TEMPLATE") {

@@ -42,6 +42,30 @@ impl Drop for Running {
     }
 }
 
+/// haproxy-sync's command line for a test: Consul at `consul`, its files in
+/// `dir`, HAProxy's HTTP frontend on loopback's `http`, quick to apply and
+/// to stop, then `extra` flags (one of those above given again replaces it).
+pub fn argv(consul: &TestConsul, dir: &std::path::Path, http: u16, extra: &[(&str, String)]) -> Vec<String> {
+    let path = |name: &str| dir.join(name).display().to_string();
+    let mut argv = vec!["haproxy-sync".to_owned(), consul.url()];
+    let base = [
+        ("--config", path("haproxy.cfg")),
+        ("--master-socket", path("master.sock")),
+        ("--runtime-socket", path("admin.sock")),
+        ("--bind", "127.0.0.1".to_owned()),
+        ("--http-port", http.to_string()),
+        ("--stats-port", testkit::stable_port().to_string()),
+        ("--wait", "10ms:100ms".to_owned()),
+        ("--grace", "1".to_owned()),
+        ("--metrics-addr", String::new()),
+    ];
+    let base = base.iter().filter(|(flag, _)| !extra.iter().any(|(f, _)| f == flag));
+    for (flag, value) in base.chain(extra) {
+        argv.extend([(*flag).to_owned(), value.clone()]);
+    }
+    argv
+}
+
 /// One sample of the /metrics served on `admin` (0 when absent).
 pub async fn metric(admin: u16, sample: &str) -> f64 {
     let text = reqwest::get(format!("http://127.0.0.1:{admin}/metrics")).await.unwrap().text().await.unwrap();
