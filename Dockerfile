@@ -21,10 +21,13 @@ WORKDIR /src
 COPY . .
 RUN --mount=type=cache,target=/root/.cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked --bin registrator --bin haproxy-sync --bin haproxy-keeper --bin demo-service \
- && cp target/release/registrator target/release/haproxy-sync target/release/haproxy-keeper \
-       target/release/demo-service /usr/local/bin/
-RUN scripts/rootfs /fs/registrator /usr/local/bin/registrator \
+    cargo build --release --locked --bin registrator --bin docker-door --bin haproxy-sync --bin haproxy-keeper \
+       --bin demo-service \
+ && cp target/release/registrator target/release/docker-door target/release/haproxy-sync \
+       target/release/haproxy-keeper target/release/demo-service /usr/local/bin/
+# docker-door shares registrator's image: run with `entrypoint: [tini, --, docker-door]`
+# it holds the Docker socket and lets registrator read, nothing more.
+RUN scripts/rootfs /fs/registrator /usr/local/bin/registrator /usr/local/bin/docker-door \
  && scripts/rootfs /fs/hello /usr/local/bin/demo-service \
  && scripts/rootfs /fs/haproxy-sync /usr/local/bin/haproxy-sync /usr/local/bin/haproxy-keeper
 
