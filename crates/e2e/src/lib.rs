@@ -33,6 +33,8 @@ pub struct Stack {
     pub certs_dir: PathBuf,
     /// Compose files laid over the stack's own (`-f`, in order).
     overrides: Vec<PathBuf>,
+    /// More environment for compose (`with_env`).
+    extra_env: Vec<(String, String)>,
     http: reqwest::Client,
 }
 
@@ -122,6 +124,7 @@ impl Stack {
             admin_port: stable_port(),
             registrator_admin_port: stable_port(),
             overrides: Vec::new(),
+            extra_env: Vec::new(),
             http: client(),
         }
     }
@@ -130,6 +133,33 @@ impl Stack {
     pub fn with_override(mut self, path: PathBuf) -> Self {
         self.overrides.push(path);
         self
+    }
+
+    /// Sets `name` to `value` in compose's environment (the stack's files read it).
+    pub fn with_env(mut self, name: &str, value: &str) -> Self {
+        self.extra_env.push((name.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// The environment compose runs with for this stack: the project's
+    /// name, its ports, its certificates, and what `with_env` added.
+    pub fn env(&self) -> Vec<(String, String)> {
+        let mut env: Vec<(String, String)> = [
+            ("COMPOSE_PROJECT_NAME", self.project.clone()),
+            ("HTTP_PORT", self.http_port.to_string()),
+            ("HTTPS_PORT", self.https_port.to_string()),
+            ("CERTS_DIR", self.certs_dir.display().to_string()),
+            ("STATS_PORT", self.stats_port.to_string()),
+            ("CONSUL_PORT", self.consul_port.to_string()),
+            ("CONSUL_DNS_PORT", self.dns_port.to_string()),
+            ("ADMIN_PORT", self.admin_port.to_string()),
+            ("REGISTRATOR_ADMIN_PORT", self.registrator_admin_port.to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        env.extend(self.extra_env.iter().cloned());
+        env
     }
 
     /// The project's network, where its containers and any started beside them meet.
@@ -157,14 +187,7 @@ impl Stack {
             cmd.arg("-f").arg(file);
         }
         cmd.args(args);
-        cmd.env("HTTP_PORT", self.http_port.to_string())
-            .env("HTTPS_PORT", self.https_port.to_string())
-            .env("CERTS_DIR", &self.certs_dir)
-            .env("STATS_PORT", self.stats_port.to_string())
-            .env("CONSUL_PORT", self.consul_port.to_string())
-            .env("CONSUL_DNS_PORT", self.dns_port.to_string())
-            .env("ADMIN_PORT", self.admin_port.to_string())
-            .env("REGISTRATOR_ADMIN_PORT", self.registrator_admin_port.to_string());
+        cmd.envs(self.env());
         cmd
     }
 
