@@ -131,6 +131,8 @@ pub struct Roles {
     pub servers: Vec<Ipv4Addr>,
     /// Further variables.
     pub env: Vec<(String, String)>,
+    /// Compose files laid over cluster.yml (`-f`, in order).
+    pub files: Vec<PathBuf>,
 }
 
 impl Host {
@@ -155,6 +157,9 @@ impl Host {
     pub fn compose_command(&self, roles: &Roles, args: &[&str]) -> Command {
         let mut cmd = self.docker_command(&["compose", "-f"]);
         cmd.arg(root().join("compose/cluster.yml"));
+        for file in &roles.files {
+            cmd.arg("-f").arg(file);
+        }
         for p in &roles.profiles {
             cmd.args(["--profile", p]);
         }
@@ -232,10 +237,11 @@ pub struct Cluster {
     pub acl: Option<Tokens>,
 }
 
-/// The ACL tokens of a [`Cluster`] with ACLs on.
+/// The ACL tokens of a [`Cluster`] with ACLs on, as `scripts/acl
+/// cluster-tokens` made them.
 #[derive(Clone, Debug)]
 pub struct Tokens {
-    /// The master token (the tests' own requests to Consul).
+    /// The management token (the tests' own requests to Consul).
     pub master: String,
     /// registrator's, with the README's policy.
     pub registrator: String,
@@ -243,29 +249,28 @@ pub struct Tokens {
     pub haproxy: String,
 }
 
-/// The README's policies (Access).
-pub const REGISTRATOR_RULES: &str =
-    r#"service_prefix "" { policy = "write" } node_prefix "" { policy = "read" } agent_prefix "" { policy = "read" }"#;
-pub const HAPROXY_RULES: &str = r#"service_prefix "" { policy = "read" } node_prefix "" { policy = "read" }"#;
-
-fn uuid() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/random/uuid").expect("a UUID from the kernel").trim().to_owned()
+/// `scripts/acl ARGS`, as an operator runs it, with its tokens in `secrets`.
+fn acl_script(args: &[&str], secrets: &std::path::Path) {
+    let out = Command::new("bash")
+        .arg(root().join("scripts/acl"))
+        .args(args)
+        .env("ACL_SECRETS_DIR", secrets)
+        .output()
+        .expect("bash scripts/acl");
+    assert!(out.status.success(), "scripts/acl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
 }
 
-/// What `consul.d` holds for a secure cluster: a CA and one server
-/// certificate (made with `consul tls`), HTTPS on 8501, ACLs on with
-/// default deny and `master` as the master and agent token.
-fn secure_config(dir: &std::path::Path, master: &str) {
+/// What `consul.d` holds for a secure cluster: the ACL configuration of
+/// `scripts/acl cluster-config` (on, default deny, no token in it), a CA
+/// and one server certificate (made with `consul tls`), HTTPS on 8501.
+fn secure_config(dir: &std::path::Path, secrets: &std::path::Path) {
     std::fs::create_dir_all(dir).expect("consul.d");
     for args in [&["tls", "ca", "create"][..], &["tls", "cert", "create", "-server", "-additional-dnsname", "consul"]] {
         let out =
             Command::new("consul").args(args).current_dir(dir).output().expect("run consul (scripts/install-deps)");
         assert!(out.status.success(), "consul {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     }
-    let acl = format!(
-        "acl {{\n  enabled = true\n  default_policy = \"deny\"\n  down_policy = \"extend-cache\"\n  tokens {{\n    master = \"{master}\"\n    agent = \"{master}\"\n  }}\n}}\n"
-    );
-    std::fs::write(dir.join("acl.hcl"), acl).expect("acl.hcl");
+    acl_script(&["cluster-config", &dir.display().to_string()], secrets);
     let tls = "ports { https = 8501 }\n\
                ca_file = \"/consul/config/consul-agent-ca.pem\"\n\
                cert_file = \"/consul/config/dc1-server-consul-0.pem\"\n\
@@ -287,20 +292,20 @@ impl Cluster {
     pub async fn up(set: &str, lan: &str, secure: bool) -> Self {
         let hosts = Hosts::up(set, lan, 3);
         let servers: Vec<_> = hosts.all().iter().map(|h| h.ip).collect();
-        let mut tokens = None;
         let mut common: Vec<(String, String)> = Vec::new();
+        let mut files = Vec::new();
+        let secrets = PathBuf::from(format!("/tmp/portolan-hosts/{set}/secrets"));
         if secure {
             let dir = PathBuf::from(format!("/tmp/portolan-hosts/{set}/consul.d"));
-            let t = Tokens { master: uuid(), registrator: uuid(), haproxy: uuid() };
-            secure_config(&dir, &t.master);
+            secure_config(&dir, &secrets);
             common.extend([
                 ("CONSUL_CONFIG_DIR".to_string(), dir.display().to_string()),
                 ("CONSUL_URL".into(), "consul-tls://consul:8501".into()),
                 ("CONSUL_CACERT".into(), "/consul/config/consul-agent-ca.pem".into()),
-                ("REGISTRATOR_TOKEN".into(), t.registrator.clone()),
-                ("HAPROXY_TOKEN".into(), t.haproxy.clone()),
+                ("ACL_SECRETS_DIR".into(), secrets.display().to_string()),
             ]);
-            tokens = Some(t);
+            // The tokens reach registrator and haproxy-sync as compose secrets.
+            files.push(root().join("compose/cluster-acl.yml"));
         }
         let roles: Vec<Roles> = hosts
             .all()
@@ -318,34 +323,33 @@ impl Cluster {
                     ("DOCKER_SOCKET".into(), h.docker_host.trim_start_matches("unix://").into()),
                 ];
                 env.extend(common.iter().cloned());
-                Roles { profiles, servers: servers.clone(), env }
+                Roles { profiles, servers: servers.clone(), env, files: files.clone() }
             })
             .collect();
         let lbs = [Lb::at(&format!("{}:80", hosts.host(1).ip)), Lb::at(&format!("{}:80", hosts.host(2).ip))];
-        let cluster = Self { hosts, roles, lbs, http: reqwest::Client::new(), acl: tokens };
-        if let Some(t) = &cluster.acl {
-            // The servers first: the tokens of registrator and haproxy-sync
-            // are made once there is a leader, as an operator would.
+        let mut cluster = Self { hosts, roles, lbs, http: reqwest::Client::new(), acl: None };
+        if secure {
+            // The servers first, then the tokens, as an operator would:
+            // `scripts/acl cluster-tokens` against host 1's agent, every
+            // agent given its agent token.
             std::thread::scope(|s| {
                 for (h, r) in cluster.hosts.all().iter().zip(&cluster.roles) {
-                    let servers_only = Roles { profiles: vec!["server"], ..r.clone() };
+                    let servers_only = Roles { profiles: vec!["server"], files: Vec::new(), ..r.clone() };
                     s.spawn(move || h.compose(&servers_only, &["up", "-d", "--wait"]));
                 }
             });
-            let start = Instant::now();
-            while cluster.leader(1).await.is_empty() {
-                assert!(start.elapsed() < Duration::from_secs(60), "no leader");
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            for (name, rules, secret) in
-                [("registrator", REGISTRATOR_RULES, &t.registrator), ("haproxy-sync", HAPROXY_RULES, &t.haproxy)]
-            {
-                let policy = serde_json::json!({ "Name": name, "Rules": rules });
-                cluster.acl_put("/v1/acl/policy", &policy).await;
-                let token =
-                    serde_json::json!({ "SecretID": secret, "Description": name, "Policies": [{ "Name": name }] });
-                cluster.acl_put("/v1/acl/token", &token).await;
-            }
+            let agents: Vec<String> = cluster.hosts.all().iter().map(|h| format!("http://{}:8500", h.ip)).collect();
+            let mut args = vec!["cluster-tokens"];
+            args.extend(agents.iter().map(String::as_str));
+            acl_script(&args, &secrets);
+            let read = |name: &str| {
+                std::fs::read_to_string(secrets.join(format!("{name}.token"))).expect("a token file").trim().to_owned()
+            };
+            cluster.acl = Some(Tokens {
+                master: read("management"),
+                registrator: read("registrator"),
+                haproxy: read("haproxy-sync"),
+            });
         }
         std::thread::scope(|s| {
             for (h, r) in cluster.hosts.all().iter().zip(&cluster.roles) {
@@ -354,22 +358,6 @@ impl Cluster {
         });
         cluster.converged().await;
         cluster
-    }
-
-    /// An ACL write on host 1, retried for up to 30 s: a new leader answers
-    /// 500 until it has set up its ACLs (the master token among them).
-    async fn acl_put(&self, path: &str, body: &serde_json::Value) {
-        let start = Instant::now();
-        loop {
-            match self.consul_put(1, path, body).await {
-                Ok(()) => return,
-                Err(e) if start.elapsed() < Duration::from_secs(30) => {
-                    eprintln!("PUT {path}: {e}; retrying");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                }
-                Err(e) => panic!("PUT {path}: {e}"),
-            }
-        }
     }
 
     /// A PUT of JSON to the Consul API on host `i`.

@@ -106,6 +106,20 @@ async fn routes_across_hosts(c: &Cluster) {
     if c.acl.is_some() {
         // ... having reached their agents over TLS.
         assert!(logs.contains("consul=https://consul:8501/"), "registrator not on HTTPS:\n{logs}");
+        // Default deny: without a token, every agent refuses a registration.
+        for i in 1..=3 {
+            let url = format!("http://{}:8500/v1/agent/service/register", c.host(i).ip);
+            let body = r#"{"Name": "hello", "Tags": ["rest"], "Address": "127.0.0.1", "Port": 1}"#;
+            let status = c.http.put(url).body(body).send().await.expect("Consul answers").status();
+            assert_eq!(status, 403, "host {i}'s agent took a registration without a token");
+        }
+        // registrator reads Docker through docker-door, which holds the socket alone.
+        let door = c.host(2).container_of("docker-door");
+        let out = c.host(2).docker(&["logs", &door]);
+        assert!(out.status.success(), "docker-door runs on host 2");
+        let mounts = c.host(2).docker(&["inspect", "-f", "{{json .Mounts}}", &registrator]);
+        let mounts = String::from_utf8_lossy(&mounts.stdout).into_owned();
+        assert!(!mounts.contains("docker.sock\""), "registrator holds a Docker socket: {mounts}");
     }
     assert!(!logs.contains('\u{1b}'), "colour codes in a log that is no terminal:\n{logs}");
     // A new instance on host 3 reaches both within a second of each other.
