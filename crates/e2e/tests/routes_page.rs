@@ -55,6 +55,18 @@ impl Scene {
             }
         })
         .await;
+        // registrator has looked at the ignored container (it started last).
+        eventually("registrator lists the ignored container", LIMIT, || async {
+            let resp = reqwest::get(scene.registrator("/containers.json")).await.map_err(|e| e.to_string())?;
+            let all: Value = resp.json().await.map_err(|e| e.to_string())?;
+            let named = |c: &&Value| c["name"].as_str().is_some_and(|n| n.trim_start_matches('/') == scene.ignored);
+            let seen = all["containers"].as_array().into_iter().flatten().find(named);
+            match seen {
+                Some(c) if c["reasons"].to_string().contains("SERVICE_IGNORE") => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        })
+        .await;
         scene
     }
 
