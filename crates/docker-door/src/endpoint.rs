@@ -1,7 +1,7 @@
 //! Where the door listens: a TCP address or a Unix socket, bound for
 //! serving ([`Listener`]) and dialled by `--probe`.
 
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
@@ -96,13 +96,7 @@ pub enum Dialled {
 /// Dials `listen` from this host, as `--probe` does.
 pub async fn dial(listen: &Listen) -> std::io::Result<Dialled> {
     match listen {
-        Listen::Tcp(addr) => {
-            let mut target = *addr;
-            if target.ip().is_unspecified() {
-                target.set_ip(if target.is_ipv4() { Ipv4Addr::LOCALHOST.into() } else { Ipv6Addr::LOCALHOST.into() });
-            }
-            TcpStream::connect(target).await.map(Dialled::Tcp)
-        }
+        Listen::Tcp(addr) => TcpStream::connect(ops::admin::on_this_host(*addr)).await.map(Dialled::Tcp),
         Listen::Unix(path) => UnixStream::connect(path).await.map(Dialled::Unix),
     }
 }

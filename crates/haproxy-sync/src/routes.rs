@@ -564,11 +564,7 @@ fn page(body: Result<String, String>, content_type: &'static str) -> Response {
 /// what it says of service `name`. `Ok(false)` when Consul lists no such
 /// service.
 pub async fn explain(admin: SocketAddr, name: &str) -> anyhow::Result<(String, bool)> {
-    let mut target = admin;
-    if target.ip().is_unspecified() {
-        target.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-    }
-    let url = format!("http://{target}/routes.json");
+    let url = format!("http://{}/routes.json", ops::admin::on_this_host(admin));
     let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build()?;
     let report: Report = client
         .get(&url)

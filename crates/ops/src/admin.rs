@@ -103,15 +103,24 @@ impl std::str::FromStr for AdminAddr {
     }
 }
 
+/// Where to reach, on this host, a service listening on `addr`: an
+/// unspecified address (`0.0.0.0:9090`, `[::]:9090`) is asked on loopback.
+pub fn on_this_host(addr: SocketAddr) -> SocketAddr {
+    let mut target = addr;
+    if target.ip().is_unspecified() {
+        let loopback: std::net::IpAddr =
+            if addr.is_ipv4() { std::net::Ipv4Addr::LOCALHOST.into() } else { std::net::Ipv6Addr::LOCALHOST.into() };
+        target.set_ip(loopback);
+    }
+    target
+}
+
 /// Asks the `/health` of a service running on this host at `addr` (an
 /// unspecified address means loopback): for container healthchecks, which
 /// run the service's own binary with `--probe`. `true` when it answers 200.
 pub async fn probe(addr: SocketAddr) -> bool {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut target = addr;
-    if target.ip().is_unspecified() {
-        target.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-    }
+    let target = on_this_host(addr);
     let ask = async {
         let mut conn = tokio::net::TcpStream::connect(target).await?;
         conn.write_all(b"GET /health HTTP/1.0\r\nHost: localhost\r\n\r\n").await?;

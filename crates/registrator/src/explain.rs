@@ -3,7 +3,7 @@
 //! address means loopback, as for `--probe`) what it did with one
 //! container, and says it in the words of [`crate::report::text_one`].
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use ops::admin::AdminAddr;
@@ -47,11 +47,7 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 /// Where registrator's admin endpoint at `addr` is asked: an unspecified
 /// address (`0.0.0.0:9090`, where it listens) is asked on loopback.
 pub fn target(addr: SocketAddr) -> SocketAddr {
-    let mut target = addr;
-    if target.ip().is_unspecified() {
-        target.set_ip(Ipv4Addr::LOCALHOST.into());
-    }
-    target
+    ops::admin::on_this_host(addr)
 }
 
 /// The URL of container `key`'s report at `addr`.
